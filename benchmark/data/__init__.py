@@ -1,0 +1,1 @@
+"""Dataset code: protocol cards, on-disk parsers, the synthetic generator, the unlabeled view."""
