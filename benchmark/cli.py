@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import TextIO
 
 from benchmark import __version__
 
@@ -47,6 +51,7 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
         card = get_card(args.name)
         location = locate_dataset(args.name, args.root)
         report["location"] = str(location)
+        report["kind"] = card.kind
         dataset = entry(args.name).load(location, card)
         report["splits"] = found_counts(dataset)
         problems = count_problems(dataset, card)
@@ -61,8 +66,12 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=None))
     else:
+        clustering = report.get("kind") == "clustering"
         for split, counts in report["splits"].items():
-            shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v is not None)
+            shown = ", ".join(
+                f"{'classes' if clustering and k == 'identities' else k} {v}"
+                for k, v in counts.items() if v is not None
+            )
             print(f"{args.name} {split}: {shown}")
         for note in report["notes"]:
             print(f"note: {note}")
@@ -80,19 +89,237 @@ def _cmd_datasets_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _stdout_reserved(reserve: bool) -> Iterator[TextIO]:
+    """With `--json`, stdout carries one JSON object and nothing else: while the work runs, whatever
+    writes to stdout (Python code or C libraries, through file descriptor 1) goes to stderr."""
+    if not reserve:
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # not a real file (e.g. captured): redirecting the Python object is enough
+    saved = os.dup(fd) if fd is not None else None
+    real = os.fdopen(saved, "w", closefd=False) if saved is not None else sys.stdout
+    try:
+        if fd is not None:
+            os.dup2(sys.stderr.fileno(), fd)
+        with redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            real.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _read_params(path: str) -> dict:
+    """Config overrides from a JSON or TOML file (by extension; otherwise JSON, then TOML)."""
+    import tomllib
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--params {file}: cannot read ({exc.strerror or exc})") from None
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--params {file}: not valid {suffix[1:].upper() or 'JSON or TOML'} ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--params {file}: must hold a table / object of config values")
+    return data
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    print(
-        "run: not implemented yet: the run engine (method adapters, training, records) is the "
-        "subject of issue 4. Available now: `datasets list|verify|synth` and `perf`.",
-        file=sys.stderr,
+    from benchmark.data.errors import DatasetError
+    from benchmark.engine.contract import ConfigError
+    from benchmark.engine.records import FINISHED, RecordError, cell_dir, jsonable, record_path
+
+    out = Path(args.out)
+    tracking = not args.no_tracking
+    try:
+        if args.replay_tracking:
+            return _replay(args, out)
+        if args.all:
+            if args.method or args.dataset or args.params:
+                raise ValueError("--all runs every applicable pair: use --methods / --datasets "
+                                 "to narrow it (not --method / --dataset / --params)")
+            seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed]
+            return _run_all(args, out, seeds, tracking)
+        if not args.method or not args.dataset:
+            raise ValueError("give --method and --dataset (or --all, or --replay-tracking)")
+        params = _read_params(args.params) if args.params else None
+        from benchmark.engine.runner import run_cell
+
+        with _stdout_reserved(args.json) as stdout:
+            record = run_cell(
+                args.method, args.dataset, args.seed, args.profile, out, args.device,
+                args.tracking_uri, params, args.weights, args.force, root=args.root,
+                tracking=tracking,
+            )
+            if args.json:
+                stdout.write(json.dumps(jsonable(record)) + "\n")
+        if not args.json:
+            _print_cell(record, record_path(cell_dir(
+                out, record["dataset"], record["method"], record["profile"], record["seed"])))
+        return 0 if record["status"] == FINISHED else 1
+    except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError) as exc:
+        print(f"run: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print_cell(record: dict, record_file: Path) -> None:
+    where = f"{record['method']} on {record['dataset']} ({record['profile']}, seed {record['seed']})"
+    if record["status"] != "finished":
+        print(f"{where}: FAILED: {record['error']['type']}: {record['error']['message']} "
+              f"(traceback in {record_file})")
+        return
+    metrics = record.get("metrics") or {}
+    shown = "  ".join(
+        f"{k} {100 * metrics[k]:.1f}" for k in ("mAP", "R1", "R5", "R10", "mINP", "ACC", "NMI", "ARI")
+        if metrics.get(k) is not None
     )
-    return 2
+    note = " [synthetic data]" if (record.get("dataset_facts") or {}).get("synthetic") else ""
+    print(f"{where}: {shown} (%){note}")
+    tracking = record.get("tracking") or {}
+    print(f"record: {record_file}; MLflow: {tracking.get('status')}"
+          + (f" ({tracking['uri']}, run {tracking.get('run_id')})" if tracking.get("run_id") else ""))
+
+
+def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bool) -> int:
+    from benchmark.engine.records import jsonable
+    from benchmark.engine.runner import run_all, summary_table
+
+    with _stdout_reserved(args.json) as stdout:
+        records = run_all(
+            seeds, args.profile, out, methods=_names(args.methods), datasets=_names(args.datasets),
+            device=args.device, tracking_uri=args.tracking_uri, tracking=tracking,
+            weights=args.weights, root=args.root, force=args.force,
+        )
+        if args.json:
+            stdout.write(json.dumps({"records": jsonable(records)}) + "\n")
+    if not args.json:
+        table = summary_table(records)
+        print(f"\nsummary ({args.profile} profile; metrics in %; records under {out}):")
+        print(table.to_string(index=False, na_rep=""))
+    return 0 if all(r["status"] == "finished" for r in records) else 1
+
+
+def _replay(args: argparse.Namespace, out: Path) -> int:
+    from benchmark.engine.tracking import replay_pending
+
+    with _stdout_reserved(args.json) as stdout:
+        results = replay_pending(out, args.tracking_uri)
+        if args.json:
+            stdout.write(json.dumps({"replayed": results}) + "\n")
+    if not args.json:
+        if not results:
+            print(f"no pending tracking under {out}")
+        for r in results:
+            print(f"{r['cell']}: {r['status']}")
+    return 0 if all(r["status"] == "logged" for r in results) else 1
+
+
+def _cmd_methods_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from benchmark.engine.method_registry import get_method, method_names
+
+    rows = []
+    for name in method_names():
+        cls = get_method(name)
+        rows.append({
+            "name": name,
+            "paper": asdict(cls.paper) if cls.paper else None,
+            "tasks": list(cls.tasks),
+            "uses_camera_ids": cls.uses_camera_ids,
+            "deviations": cls.deviations(),
+        })
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':<24} {'tasks':<17} {'camera ids':<11} paper")
+    for r in rows:
+        paper = r["paper"] or {}
+        cite = f"{paper.get('title', '')} ({paper.get('venue', '')} {paper.get('year') or ''})".strip()
+        print(f"{r['name']:<24} {','.join(r['tasks']):<17} {str(r['uses_camera_ids']).lower():<11} {cite}")
+    return 0
 
 
 def _cmd_perf(args: argparse.Namespace) -> int:
     from benchmark.evaluation.perf import run_perf
 
     return run_perf(args)
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.reporting.claims import ClaimsError
+    from benchmark.reporting.leaderboard import parse_formats, write_leaderboard
+    from benchmark.reporting.results import ResultsError
+
+    try:
+        written = write_leaderboard(
+            args.results, args.out, parse_formats(args.format), args.profile,
+            plots=not args.no_plots,
+        )
+    except (ResultsError, ClaimsError, ValueError) as exc:
+        print(f"leaderboard: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from benchmark.reporting.check import ReferenceError, check_records, load_reference, write_reference
+    from benchmark.reporting.results import ResultsError, load_records
+
+    try:
+        records = load_records(args.results)
+        if args.write_reference:
+            n = write_reference(records, args.write_reference, args.tolerance_default,
+                                source=args.results)
+            print(f"wrote {n} reference cells to {args.write_reference}")
+            return 0
+        if not args.reference:
+            raise ReferenceError("give --reference FILE (or --write-reference FILE)")
+        results = check_records(load_reference(args.reference), records)
+    except (ResultsError, ReferenceError) as exc:
+        print(f"check: {exc}", file=sys.stderr)
+        return 2
+    bad = [r for r in results if r.status != "ok"]
+    for r in results:
+        if r.status != "ok" or args.verbose:
+            print(r.describe(), file=sys.stderr if r.status != "ok" else sys.stdout)
+    outside = sum(r.status == "outside" for r in results)
+    errors = sum(r.status == "error" for r in results)
+    print(f"check: {len(results)} cells of {args.reference} against {args.results}: "
+          f"{len(results) - len(bad)} within tolerance, {outside} outside, {errors} errors")
+    return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,16 +351,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_datasets_synth)
 
-    p = sub.add_parser("run", help="run methods on datasets (not implemented yet)")
-    p.add_argument("--method")
-    p.add_argument("--dataset")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "run", help="run methods on datasets: one cell, or --all applicable pairs",
+        description="Train a method on a dataset's unlabeled training view, evaluate it with the "
+        "harness's protocol and write a result record to <out>/<dataset>/<method>/<profile>/"
+        "seed<seed>/record.json (logged to MLflow too). Finished cells are skipped unless --force; "
+        "an interrupted cell resumes from its last epoch checkpoint.",
+    )
+    p.add_argument("--method", help="registered key (see `methods list`) or package.module:Class")
+    p.add_argument("--dataset", help="dataset key (see `datasets list`)")
+    p.add_argument("--seed", type=int, default=0, help="the one seed of every RNG (default 0)")
     p.add_argument("--profile", choices=["paper", "quick", "ci"], default="quick")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--seeds")
-    p.add_argument("--out")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true",
+                   help="every applicable (method, dataset) pair on the datasets present")
+    p.add_argument("--seeds", help="with --all: comma-separated seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--methods", help="with --all: only these methods (comma-separated)")
+    p.add_argument("--datasets", help="with --all: only these datasets (comma-separated)")
+    p.add_argument("--out", default="results", help="results folder (default ./results)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result record (with --all: {\"records\": [...]}) as one JSON "
+                   "object on stdout, and nothing else there")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///<out>/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="write records only, no MLflow")
+    p.add_argument("--replay-tracking", action="store_true",
+                   help="push the records under --out whose MLflow logging failed, then exit")
+    p.add_argument("--weights", help="local ImageNet weights file for pretrained backbones")
+    p.add_argument("--params", help="JSON or TOML file of config overrides (single runs)")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--force", action="store_true", help="re-run finished cells from scratch")
     p.set_defaults(func=_cmd_run)
+
+    ms = sub.add_parser("methods", help="the registered method adapters")
+    ms_sub = ms.add_subparsers(dest="methods_command", required=True)
+    p = ms_sub.add_parser("list", help="every adapter: paper, tasks, camera-id use")
+    p.add_argument("--json", action="store_true",
+                   help="a JSON list of objects with name, paper, tasks, uses_camera_ids")
+    p.set_defaults(func=_cmd_methods_list)
 
     p = sub.add_parser("perf", help="evaluation and re-ranking speed beside reference implementations")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -143,6 +399,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_perf)
+
+    p = sub.add_parser(
+        "leaderboard", help="tables and plots of the result records beside the papers' claims",
+        description="Per dataset and profile: rows = methods, columns = metrics (percent, mean ± "
+        "sample std over seeds, n), the paper's own claim and the difference where the run is "
+        "comparable (paper profile, same backbone, fully unsupervised; never for synthetic data), "
+        "provenance and flags. Writes leaderboard.{md,csv,tex,html} and plots/*.png.",
+    )
+    p.add_argument("--results", default="results", help="results folder (default ./results)")
+    p.add_argument("--out", default="leaderboards/out",
+                   help="output folder (default ./leaderboards/out)")
+    p.add_argument("--format", default="md,csv,tex,html",
+                   help="comma-separated formats among md, csv, tex, html (default: all)")
+    p.add_argument("--profile", choices=["paper", "quick", "ci"],
+                   help="only this profile's records (default: every profile, one table each)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=_cmd_leaderboard)
+
+    p = sub.add_parser(
+        "check", help="compare result records with a tolerance reference (exit 1 on any miss)",
+        description="Each [[cell]] of the reference (method, dataset, profile, metric, value, "
+        "tolerance, optional seeds) is compared with the mean of its matching finished records; "
+        "a cell outside its tolerance, or with no matching record, is printed and makes the exit "
+        "status 1. With --write-reference, writes a reference from the results instead.",
+    )
+    p.add_argument("--results", default="results", help="results folder (default ./results)")
+    p.add_argument("--reference", help="reference TOML, e.g. leaderboards/reference/ci.toml")
+    p.add_argument("--write-reference", metavar="FILE",
+                   help="write a reference from the finished records under --results, then exit")
+    p.add_argument("--tolerance-default", type=float, default=0.02,
+                   help="with --write-reference: tolerance of mAP and NMI; 1.5x for R1, R5, R10, "
+                   "mINP, ACC, ARI (default 0.02)")
+    p.add_argument("--verbose", action="store_true", help="print the cells that pass too")
+    p.set_defaults(func=_cmd_check)
     return parser
 
 

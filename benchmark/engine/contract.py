@@ -1,0 +1,264 @@
+"""The method adapter contract (DESIGN.md, "Methods: the adapter contract").
+
+Like a scikit-learn estimator, an adapter's `__init__` only stores parameters; `fit` does the work.
+Like torchreid, the harness owns the loop: `EpochMethod.fit` runs setup -> (resume) -> per epoch
+`train_epoch` -> checkpoint -> harness callback, so that seeding, logging, checkpoints and resume
+behave the same for every method, and a method only writes the steps that make it different.
+
+What an adapter receives is an `UnlabeledView` (images; camera ids only when `uses_camera_ids`), its
+resolved config, and a `RunContext`. Labels never reach it: pseudo-label quality is computed by the
+harness from labels it keeps, through `RunContext.report_pseudo_labels`, which returns nothing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.data.unlabeled import UnlabeledView
+from benchmark.engine.profiles import Profile
+
+TASKS = ("reid", "clustering")
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    authors: str
+    venue: str
+    year: int | None = None
+    seed_file: str | None = None  # file in ../shared/papers/, None for baselines not there
+    reference: str | None = None  # arXiv id, DOI or URL
+
+
+class ConfigError(ValueError):
+    """A parameter the adapter does not declare, or an invalid value."""
+
+
+class MethodAdapter:
+    """Base of every method adapter. Subclasses set the class attributes and implement `fit`.
+
+    Deviations from the paper are written in the class docstring under a line `Deviations:` as
+    `- ...` items; `deviations()` reads them so that records and leaderboards show them.
+    """
+
+    key: ClassVar[str] = ""
+    paper: ClassVar[Paper | None] = None
+    tasks: ClassVar[tuple[str, ...]] = ()
+    uses_camera_ids: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}  # the paper's hyperparameters
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # where the paper differs per dataset
+    profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {}  # scale for quick / ci (epochs, ...)
+    # Ops the method runs that have no deterministic CUDA kernel and do not warn under
+    # torch.use_deterministic_algorithms (e.g. "torchvision.ops.deform_conv2d backward"); the harness
+    # lists them in the run record when the device is CUDA.
+    nondeterministic_cuda_ops: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    # -- declarations ----------------------------------------------------------------------------
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Optuna search space: suggest values on `trial` and return them as config overrides."""
+        return {}
+
+    @classmethod
+    def deviations(cls) -> list[str]:
+        doc = inspect.getdoc(cls) or ""
+        match = re.search(r"^Deviations:\s*\n(.*?)(?:\n\s*\n(?!\s*-)|\Z)", doc, re.S | re.M)
+        if not match:
+            return []
+        items = re.split(r"\n\s*-\s+", "\n" + match.group(1).strip())
+        return [" ".join(item.split()) for item in items if item.strip()]
+
+    def resolve_config(self, dataset: str, profile: str) -> dict[str, Any]:
+        """Paper defaults < per-dataset paper defaults < profile scaling < explicit parameters.
+
+        A parameter given as None keeps the default (the timm convention)."""
+        config = dict(self.defaults)
+        config.update(self.dataset_defaults.get(dataset, {}))
+        config.update(self.profile_overrides.get(profile, {}))
+        unknown = sorted(set(self.params) - set(config))
+        if unknown:
+            raise ConfigError(
+                f"{self.key}: unknown parameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(config))}"
+            )
+        config.update({k: v for k, v in self.params.items() if v is not None})
+        return config
+
+    # -- the work ----------------------------------------------------------------------------------
+    def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: "RunContext") -> nn.Module:
+        """Learn from the unlabeled view; return an encoder: a module mapping a normalised image
+        batch (B, 3, H, W) to features (B, D). The harness extracts features and evaluates."""
+        raise NotImplementedError
+
+
+class EpochMethod(MethodAdapter):
+    """A method trained epoch by epoch; the harness loop handles resume and checkpoints."""
+
+    def setup(self, view: UnlabeledView, config: Mapping[str, Any], ctx: "RunContext") -> None:
+        raise NotImplementedError
+
+    def num_epochs(self, config: Mapping[str, Any]) -> int:
+        return int(config["epochs"])
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch (pseudo-labelling included, where the method does it); returns metrics."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: tensors and plain containers (loaded weights_only=True)."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: "RunContext") -> nn.Module:
+        self.setup(view, config, ctx)
+        start = 0
+        resumed = ctx.load_checkpoint()
+        if resumed is not None:
+            self.load_state_dict(resumed["method"])
+            start = int(resumed["epoch"]) + 1
+        for epoch in range(start, self.num_epochs(config)):
+            metrics = self.train_epoch(epoch)
+            ctx.end_epoch(epoch, metrics, self.state_dict(), self.encoder())
+        return self.encoder()
+
+
+# -- the run context ------------------------------------------------------------------------------
+class MetricSink:
+    """Receives per-epoch metrics; the engine's sink writes history and MLflow."""
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:  # pragma: no cover
+        pass
+
+    def state(self) -> dict[str, Any]:
+        """What must survive a crash (the history so far); saved inside each checkpoint."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def _rng_state(ctx: "RunContext") -> dict[str, Any]:
+    return {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy_global": _np_state(np.random.get_state()),
+        "numpy_ctx": ctx.rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "torch_ctx": ctx.torch_generator.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _np_state(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _restore_rng(ctx: "RunContext", state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(int(x) for x in py), state["python_gauss"]))
+    ng = state["numpy_global"]
+    np.random.set_state(
+        (ng["name"], ng["keys"].numpy().astype(np.uint32), ng["pos"], ng["has_gauss"], ng["cached"])
+    )
+    ctx.rng.bit_generator.state = state["numpy_ctx"]
+    torch.set_rng_state(state["torch"])
+    ctx.torch_generator.set_state(state["torch_ctx"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunContext:
+    """What the harness hands to `fit`: device, seeded generators, logging, checkpoints, callbacks."""
+
+    device: torch.device
+    seed: int
+    profile: Profile
+    dataset: str
+    task: str
+    checkpoint_dir: Path
+    rng: np.random.Generator
+    torch_generator: torch.Generator
+    sink: MetricSink = field(default_factory=MetricSink)
+    # Harness hooks, never given labels back to the method:
+    epoch_callback: Callable[[int, nn.Module], None] | None = None  # validation / pruning
+    pseudo_label_hook: Callable[[int, np.ndarray], None] | None = None
+    keep_checkpoints: int = 1
+    weights: Path | None = None  # local ImageNet weights file (`--weights`) for pretrained backbones
+
+    def worker_init_fn(self, worker_id: int) -> None:
+        """Seeds python and numpy in each DataLoader worker (pass as DataLoader(worker_init_fn=...)).
+
+        torch has already seeded the worker's torch RNG with base_seed + worker_id, base_seed drawn
+        from the loader's `generator` (pass one seeded from `torch_generator`) or the seeded global
+        RNG; deriving from it keeps workers seeded yet different every epoch (a fixed seed per
+        worker id would repeat the same augmentations each epoch)."""
+        worker_seed = torch.initial_seed() % 2**32
+        random.seed(worker_seed)
+        np.random.seed(worker_seed)
+
+    def report_pseudo_labels(self, epoch: int, labels: np.ndarray) -> None:
+        """Give the harness this epoch's pseudo labels (view order, -1 = outlier) for diagnostics."""
+        if self.pseudo_label_hook is not None:
+            self.pseudo_label_hook(epoch, np.asarray(labels))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _checkpoint_path(self, epoch: int) -> Path:
+        return self.checkpoint_dir / f"epoch-{epoch:04d}.pt"
+
+    def save_checkpoint(self, epoch: int, method_state: Mapping[str, Any]) -> Path:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self._checkpoint_path(epoch)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(
+            {"epoch": epoch, "method": dict(method_state), "rng": _rng_state(self),
+             "sink": self.sink.state()},
+            tmp,
+        )
+        os.replace(tmp, path)
+        for old in sorted(self.checkpoint_dir.glob("epoch-*.pt"))[: -self.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The latest checkpoint, with the RNG states restored; None on a fresh run."""
+        paths = sorted(self.checkpoint_dir.glob("epoch-*.pt")) if self.checkpoint_dir.is_dir() else []
+        if not paths:
+            return None
+        state = torch.load(paths[-1], map_location="cpu", weights_only=True)
+        _restore_rng(self, state["rng"])
+        self.sink.load_state(state.get("sink", {}))
+        return state
+
+    def end_epoch(
+        self, epoch: int, metrics: Mapping[str, float], method_state: Mapping[str, Any],
+        encoder: nn.Module,
+    ) -> None:
+        # Log before saving: the checkpoint then carries this epoch's history, and a crash between
+        # the two re-runs the epoch, whose metrics overwrite the same epoch's entry.
+        self.sink.log_epoch(epoch, metrics)
+        self.save_checkpoint(epoch, method_state)
+        if self.epoch_callback is not None:
+            self.epoch_callback(epoch, encoder)

@@ -1,0 +1,75 @@
+"""Method registry: `@register_method` on each adapter class, one factory (`get_method`).
+
+Adapter modules in the top-level `methods` package are discovered automatically (every module but
+`common`), so adding a method is adding one file. A user's own adapter is named as
+`package.module:Class` and needs no registration.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+
+from benchmark.engine.contract import TASKS, MethodAdapter
+
+_REGISTRY: dict[str, type[MethodAdapter]] = {}
+_discovered = False
+_KEY = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def register_method(cls: type[MethodAdapter]) -> type[MethodAdapter]:
+    check_declarations(cls)
+    if cls.key in _REGISTRY and _REGISTRY[cls.key] is not cls:
+        raise ValueError(f"method key {cls.key!r} registered twice")
+    _REGISTRY[cls.key] = cls
+    return cls
+
+
+def check_declarations(cls: type) -> None:
+    """What every adapter must declare; raises TypeError naming the class and what is missing."""
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if not (isinstance(cls, type) and issubclass(cls, MethodAdapter)):
+        raise TypeError(f"{name} is not a MethodAdapter subclass")
+    if not _KEY.match(cls.key or ""):
+        raise TypeError(f"{name}: key {cls.key!r} must be kebab-case")
+    if cls.paper is None:
+        raise TypeError(f"{name}: declares no paper")
+    if not cls.tasks or not set(cls.tasks) <= set(TASKS):
+        raise TypeError(f"{name}: tasks {cls.tasks!r} must be a non-empty subset of {TASKS}")
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if info.name != "common" and not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
+    _discovered = True
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[MethodAdapter]:
+    """A registered key (`cluster-contrast`) or a user class path (`package.module:Class`)."""
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"cannot import adapter module {module_name!r}: {exc}") from None
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            raise ValueError(f"module {module_name!r} has no class {class_name!r}")
+        check_declarations(cls)
+        return cls
+    _discover()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

@@ -1,0 +1,482 @@
+"""Runs cells (method x dataset x seed x profile): train on the unlabeled view, evaluate, record, track.
+
+The harness owns everything around a method's `fit`: seeding, the unlabeled view (labels kept back in
+`HiddenLabels`), checkpoints and resume (through `RunContext`), evaluation, the record and MLflow.
+Pseudo-label quality is computed from labels the method can never reach: during training the
+context's hook only stores each epoch's pseudo labels (in the sink, which holds no truth); the
+harness scores them against the hidden labels after `fit` returns. A failed cell still writes a
+record (status "failed", with the traceback), so a suite run goes on and shows what broke.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.data.cards import ProtocolCard, all_cards, get_card
+from benchmark.data.registry import is_present, load_dataset, locate_dataset
+from benchmark.data.types import ClusteringDataset, Dataset, ReidDataset
+from benchmark.data.unlabeled import HiddenLabels, UnlabeledView, clustering_view, reid_view
+from benchmark.engine.contract import MethodAdapter, MetricSink, RunContext
+from benchmark.engine.evaluate import evaluate_encoder
+from benchmark.engine.method_registry import get_method, method_names
+from benchmark.engine.profiles import Profile, get_profile
+from benchmark.engine.records import (
+    FAILED,
+    FINISHED,
+    SCHEMA_VERSION,
+    cell_dir,
+    environment,
+    jsonable,
+    now,
+    read_record,
+    record_path,
+    write_record,
+)
+from benchmark.engine.seeding import (
+    collect_nondeterministic_ops,
+    seed_everything,
+    silent_nondeterministic_modules,
+)
+from benchmark.engine.tracking import PENDING_NAME, log_cell, resolve_tracking_uri
+
+CHECKPOINTS = "checkpoints"
+PSEUDO_LABEL_PROTOCOL = (
+    "per epoch, the pseudo labels the method reported, scored by the harness against the hidden "
+    "training labels (benchmark.evaluation.pseudo_labels: pairwise precision / recall / F-score, "
+    "expansion, NMI, ARI over clustered samples; outliers counted apart); diagnostics only"
+)
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class HistorySink(MetricSink):
+    """Per-epoch metrics and the pseudo labels the method reported; survives resume via `state`.
+
+    Holds no ground truth: pseudo-label quality is added by the harness after training.
+    """
+
+    def __init__(self, prefix: str = "", log: Log | None = _stderr) -> None:
+        self.history: dict[int, dict[str, Any]] = {}
+        self.pseudo: dict[int, np.ndarray] = {}
+        self.prefix = prefix
+        self.log = log
+        self.elapsed_before_s = 0.0  # training time of earlier, interrupted attempts
+        self._start = time.perf_counter()
+
+    def store_pseudo_labels(self, epoch: int, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"pseudo labels of epoch {epoch} must be a 1-D integer array, got "
+                f"{labels.dtype} {labels.shape}"
+            )
+        self.pseudo[int(epoch)] = labels.astype(np.int64, copy=True)
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.history[int(epoch)] = jsonable(dict(metrics))
+        if self.log is not None:
+            shown = " ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            )
+            self.log(f"{self.prefix}epoch {epoch}: {shown}")
+
+    def elapsed_s(self) -> float:
+        return self.elapsed_before_s + time.perf_counter() - self._start
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "history": {str(k): v for k, v in self.history.items()},
+            "pseudo": {str(k): torch.from_numpy(v) for k, v in self.pseudo.items()},
+            "elapsed_s": self.elapsed_s(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.history = {int(k): dict(v) for k, v in (state.get("history") or {}).items()}
+        self.pseudo = {int(k): v.numpy().copy() for k, v in (state.get("pseudo") or {}).items()}
+        self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
+        self._start = time.perf_counter()
+        if self.log is not None and self.history:
+            self.log(f"{self.prefix}resumed after epoch {max(self.history)}")
+
+    def history_with_quality(self, truth: np.ndarray) -> list[dict[str, Any]]:
+        """History rows in epoch order, each with its pseudo-label quality against `truth`."""
+        from benchmark.evaluation.pseudo_labels import pseudo_label_quality
+
+        rows = []
+        for epoch in sorted(set(self.history) | set(self.pseudo)):
+            row: dict[str, Any] = {"epoch": epoch, **self.history.get(epoch, {})}
+            if epoch in self.pseudo:
+                quality = pseudo_label_quality(self.pseudo[epoch], truth)
+                # numbers per epoch; the definitions (strings) go once into the record's protocol
+                row["pseudo_labels"] = jsonable(
+                    {k: v for k, v in quality.items() if not isinstance(v, str)}
+                )
+            rows.append(row)
+        return rows
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """CUDA when available, else CPU; an explicit device must exist."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def build_view(
+    dataset: Dataset, method: type[MethodAdapter], seed: int
+) -> tuple[UnlabeledView, HiddenLabels]:
+    if isinstance(dataset, ReidDataset):
+        return reid_view(dataset.train, uses_camera_ids=method.uses_camera_ids, seed=seed)
+    if isinstance(dataset, ClusteringDataset):
+        return clustering_view(dataset, seed=seed)
+    raise TypeError(f"unknown dataset type {type(dataset).__name__}")
+
+
+def make_context(
+    *, device: torch.device, seed: int, profile: Profile, dataset: str, task: str,
+    checkpoint_dir: Path, sink: HistorySink, weights: Path | None = None,
+) -> RunContext:
+    """The run context of a cell; its pseudo-label hook stores labels in the sink, nothing more."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return RunContext(
+        device=device, seed=seed, profile=profile, dataset=dataset, task=task,
+        checkpoint_dir=checkpoint_dir, rng=np.random.default_rng(seed), torch_generator=generator,
+        sink=sink, pseudo_label_hook=sink.store_pseudo_labels, weights=weights,
+    )
+
+
+@dataclass
+class Trained:
+    encoder: nn.Module
+    history: list[dict[str, Any]]  # per epoch: the method's metrics and pseudo-label quality
+    nondeterministic_ops: list[str]  # ops torch warned about while training
+
+
+def fit_cell(
+    adapter: MethodAdapter,
+    view: UnlabeledView,
+    hidden: HiddenLabels,
+    config: Mapping[str, Any],
+    ctx: RunContext,
+) -> Trained:
+    """The training half of a cell: `adapter.fit` on the view (under the collector of ops without a
+    deterministic implementation), then the pseudo labels it reported scored against `hidden`.
+
+    `hidden` is not reachable from anything `fit` receives; scrambling it changes the diagnostics
+    only, never the encoder (tests/test_adapter_conformance.py checks this for every adapter)."""
+    if not isinstance(ctx.sink, HistorySink):
+        raise TypeError("fit_cell needs a context made by make_context (a HistorySink)")
+    with collect_nondeterministic_ops() as warned:
+        encoder = adapter.fit(view, dict(config), ctx)
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(
+            f"{adapter.key}: fit returned {type(encoder).__name__}, not a torch.nn.Module encoder"
+        )
+    return Trained(encoder, ctx.sink.history_with_quality(hidden.labels), list(warned))
+
+
+def _dataset_facts(card: ProtocolCard, dataset: Dataset) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "name": card.name, "title": card.title, "kind": card.kind, "embedded": card.embedded,
+        "synthetic": card.synthetic, "withdrawn": card.withdrawn, "evaluation": card.evaluation,
+    }
+    if isinstance(dataset, ReidDataset):
+        facts.update(
+            train_images=dataset.train.num_images, train_identities=dataset.train.num_identities,
+            query_images=dataset.query.num_images, gallery_images=dataset.gallery.num_images,
+        )
+    else:
+        facts.update(images=int(len(dataset.images)), classes=int(dataset.num_classes),
+                     image_shape=list(dataset.images.shape[1:]))
+    return facts
+
+
+def _nondeterministic(
+    method: type[MethodAdapter], device: torch.device, warned: list[str], encoder: nn.Module | None
+) -> list[str]:
+    ops = list(warned)
+    if device.type == "cuda":
+        extra = list(getattr(method, "nondeterministic_cuda_ops", ()))
+        if encoder is not None:
+            extra += silent_nondeterministic_modules(encoder)
+        ops += [op for op in extra if op not in ops]
+    return ops
+
+
+def _method_ref(method: str | type[MethodAdapter]) -> tuple[type[MethodAdapter], str]:
+    if isinstance(method, str):
+        return get_method(method), method
+    return method, f"{method.__module__}:{method.__qualname__}"
+
+
+def run_cell(
+    method: str | type[MethodAdapter],
+    dataset: str,
+    seed: int = 0,
+    profile: str = "quick",
+    out: str | Path = "results",
+    device: str | torch.device | None = None,
+    tracking_uri: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    force: bool = False,
+    *,
+    root: str | Path | None = None,
+    tracking: bool = True,
+    log: Log | None = _stderr,
+) -> dict[str, Any]:
+    """Run one cell and return its record (the existing one when the cell already finished).
+
+    Raises for bad input (unknown method, dataset or parameter, a method that does not support the
+    dataset's task, a dataset that is not present); a failure while training or evaluating is
+    written to the record as status "failed" instead.
+    """
+    cls, ref = _method_ref(method)
+    prof = get_profile(profile)
+    card = get_card(dataset)
+    if card.kind not in cls.tasks:
+        raise ValueError(
+            f"method {cls.key} supports {', '.join(cls.tasks)}; dataset {dataset} is {card.kind}"
+        )
+    adapter = cls(**dict(params or {}))
+    config = adapter.resolve_config(dataset, prof.name)
+    dev = resolve_device(device)
+    weights_path = Path(weights).expanduser() if weights else None
+    if weights_path is not None and not weights_path.is_file():
+        raise FileNotFoundError(f"--weights {weights_path}: no such file")
+    if not card.embedded:
+        locate_dataset(dataset, root)  # not present: a clear error before anything is written
+    out = Path(out)
+    cell = cell_dir(out, dataset, cls.key, prof.name, seed)
+    uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
+    path = record_path(cell)
+    if force:
+        shutil.rmtree(cell / CHECKPOINTS, ignore_errors=True)
+        path.unlink(missing_ok=True)
+        (cell / PENDING_NAME).unlink(missing_ok=True)
+    elif path.is_file():
+        existing = read_record(path)
+        if existing.get("status") == FINISHED:
+            if uri and (cell / PENDING_NAME).is_file():
+                log_cell(existing, cell, uri, out)  # an earlier tracking failure: push it now
+            return existing
+
+    prefix = f"[{cls.key} {dataset} {prof.name} seed{seed}] "
+    started, t0 = now(), time.perf_counter()
+    seeding = seed_everything(seed, deterministic=True, device=dev)
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "record_id": uuid.uuid4().hex,
+        "method": cls.key,
+        "method_ref": ref,
+        "dataset": dataset,
+        "seed": seed,
+        "profile": prof.name,
+        "status": "running",
+        "paper": asdict(cls.paper) if cls.paper else None,
+        "tasks": list(cls.tasks),
+        "uses_camera_ids": cls.uses_camera_ids,
+        "deviations": cls.deviations(),
+        "params": dict(params or {}),
+        "config": config,
+        "profile_settings": prof.as_dict(),
+        "weights": str(weights_path) if weights_path else None,
+        "seeding": seeding,
+        "environment": environment(dev),
+        "started_at": started,
+    }
+    encoder: nn.Module | None = None
+    warned: list[str] = []
+    sink = HistorySink(prefix, log)
+    try:
+        data = load_dataset(dataset, root)
+        record["dataset_facts"] = _dataset_facts(card, data)
+        view, hidden = build_view(data, cls, seed)
+        ctx = make_context(
+            device=dev, seed=seed, profile=prof, dataset=dataset, task=card.kind,
+            checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
+        )
+        resumed = _latest_checkpoint_epoch(cell / CHECKPOINTS)
+        record["resumed_from_epoch"] = resumed
+        trained = fit_cell(adapter, view, hidden, config, ctx)
+        encoder, warned = trained.encoder, trained.nondeterministic_ops
+        record["train_time_s"] = sink.elapsed_s()
+        record["history"] = trained.history
+        del view, hidden
+        if log is not None:
+            log(f"{prefix}evaluating")
+        metrics, protocol = evaluate_encoder(encoder, data, profile=prof, device=dev, seed=seed)
+        if any("pseudo_labels" in row for row in trained.history):
+            protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
+        record.update(status=FINISHED, metrics=metrics, protocol=protocol)
+    except Exception as exc:  # the record says what failed; the suite goes on
+        record.update(
+            status=FAILED,
+            error={"type": type(exc).__name__, "message": str(exc),
+                   "traceback": traceback.format_exc()},
+            history=record.get("history") or _partial_history(sink),
+        )
+        if log is not None:
+            log(f"{prefix}FAILED: {type(exc).__name__}: {exc}")
+    record["nondeterministic_ops"] = _nondeterministic(cls, dev, warned, encoder)
+    record["finished_at"] = now()
+    record["wall_time_s"] = time.perf_counter() - t0
+    record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
+    write_record(path, record)  # the record first: tracking can only add to it
+    if uri:
+        log_cell(record, cell, uri, out)
+    return record
+
+
+def _partial_history(sink: HistorySink) -> list[dict[str, Any]]:
+    return [{"epoch": e, **m} for e, m in sorted(sink.history.items())]
+
+
+def _latest_checkpoint_epoch(folder: Path) -> int | None:
+    names = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
+    return int(names[-1].stem.split("-")[1]) if names else None
+
+
+# -- suites ------------------------------------------------------------------------------------------
+def applicable_cells(
+    seeds: Sequence[int],
+    *,
+    methods: Iterable[str] | None = None,
+    datasets: Iterable[str] | None = None,
+    root: str | Path | None = None,
+) -> list[tuple[str, str, int]]:
+    """(dataset, method, seed) for every method whose tasks include the dataset's kind, on the
+    named datasets (each must be present) or on every present dataset (embedded ones always)."""
+    method_list = list(methods) if methods else method_names()
+    classes = {m: get_method(m) for m in method_list}
+    if datasets:
+        names = list(datasets)
+        for name in names:
+            get_card(name)
+            if not is_present(name, root):
+                locate_dataset(name, root)  # raises with where it looked
+    else:
+        names = [name for name in sorted(all_cards()) if is_present(name, root)]
+    cells = []
+    for name in names:
+        kind = get_card(name).kind
+        for m in method_list:
+            if kind in classes[m].tasks:
+                cells.extend((name, m, int(s)) for s in seeds)
+    return cells
+
+
+def run_all(
+    seeds: Sequence[int],
+    profile: str,
+    out: str | Path,
+    *,
+    methods: Iterable[str] | None = None,
+    datasets: Iterable[str] | None = None,
+    device: str | torch.device | None = None,
+    tracking_uri: str | None = None,
+    tracking: bool = True,
+    weights: str | Path | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every applicable cell; finished cells are skipped (their records returned); a cell that
+    raises still yields a failed record and the suite goes on."""
+    from tqdm import tqdm
+
+    get_profile(profile)
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise FileNotFoundError(f"--weights {weights}: no such file")
+    cells = applicable_cells(seeds, methods=methods, datasets=datasets, root=root)
+    records = []
+    bar = tqdm(cells, desc="cells", unit="cell", file=sys.stderr, disable=not progress)
+    for dataset, method, seed in bar:
+        bar.set_postfix_str(f"{method} on {dataset} seed {seed}")
+        cell = cell_dir(out, dataset, get_method(method).key, profile, seed)
+        finished_before = (not force) and record_path(cell).is_file() and _finished(cell)
+        try:
+            record = run_cell(
+                method, dataset, seed, profile, out, device, tracking_uri, None, weights, force,
+                root=root, tracking=tracking, log=lambda line: tqdm.write(line, file=sys.stderr),
+            )
+        except Exception as exc:
+            record = _failed_setup_record(method, dataset, seed, profile, exc)
+            write_record(record_path(cell), record)
+        record = dict(record, skipped=finished_before)
+        records.append(record)
+    bar.close()
+    return records
+
+
+def _finished(cell: Path) -> bool:
+    try:
+        return read_record(record_path(cell)).get("status") == FINISHED
+    except ValueError:
+        return False
+
+
+def _failed_setup_record(
+    method: str, dataset: str, seed: int, profile: str, exc: Exception
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION, "record_id": uuid.uuid4().hex, "method": method,
+        "dataset": dataset, "seed": seed, "profile": profile, "status": FAILED,
+        "error": {"type": type(exc).__name__, "message": str(exc),
+                  "traceback": traceback.format_exc()},
+        "finished_at": now(), "tracking": {"status": "disabled", "uri": None, "run_id": None},
+    }
+
+
+SUMMARY_METRICS = {"reid": ("mAP", "R1", "R5", "mINP"), "clustering": ("ACC", "NMI", "ARI")}
+
+
+def summary_table(records: Sequence[Mapping[str, Any]]):  # -> pandas.DataFrame
+    """One row per cell; metrics in percent (as tables show them), with a note on synthetic /
+    withdrawn data and on skipped (already finished) cells."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        facts = r.get("dataset_facts") or {}
+        metrics = r.get("metrics") or {}
+        row: dict[str, Any] = {
+            "dataset": r["dataset"], "method": r["method"], "seed": r["seed"],
+            "status": r["status"],
+        }
+        for names in SUMMARY_METRICS.values():
+            for name in names:
+                if metrics.get(name) is not None:
+                    row[name] = round(100 * float(metrics[name]), 1)
+        row["epochs"] = len(r.get("history") or [])
+        row["time_s"] = round(float(r["wall_time_s"]), 1) if r.get("wall_time_s") else None
+        notes = [n for n in ("synthetic", "withdrawn") if facts.get(n)]
+        if r.get("skipped"):
+            notes.append("skipped: finished earlier")
+        if r["status"] == FAILED:
+            notes.append(f"{r['error']['type']}: {r['error']['message'][:60]}")
+        row["note"] = ", ".join(notes)
+        rows.append(row)
+    columns = ["dataset", "method", "seed", "status"]
+    columns += [m for names in SUMMARY_METRICS.values() for m in names if any(m in r for r in rows)]
+    columns += ["epochs", "time_s", "note"]
+    return pd.DataFrame(rows, columns=columns)

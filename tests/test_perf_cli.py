@@ -1,0 +1,82 @@
+"""`python -m benchmark perf` at the small scale: the table's plumbing, not the timings."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import benchmark.evaluation.perf as perf
+from benchmark.cli import main
+from benchmark.evaluation.reference_eval import evaluate_reid_classic
+from benchmark.evaluation.reid import evaluate_reid
+
+
+def _in_this_process(fn, **kwargs):
+    return fn(**kwargs)
+
+
+def test_subsets_are_the_first_rows_of_the_full_matrix():
+    scale = dataclasses.replace(perf.SCALES["small"], num_query=600)  # crosses seed blocks
+    full = perf.synthetic_distmat(scale, seed=3)
+    np.testing.assert_array_equal(perf.synthetic_distmat(scale, seed=3, num_rows=300), full[:300])
+    assert full.dtype == np.float32 and full.shape == (600, scale.num_gallery)
+    assert not np.array_equal(perf.synthetic_distmat(scale, seed=4, num_rows=300), full[:300])
+
+
+def test_synthetic_distances_look_trained():
+    scale = perf.SCALES["small"]
+    labels = perf.synthetic_labels(scale, 0)
+    result = evaluate_reid_classic(perf.synthetic_distmat(scale, 0), *labels)
+    assert 0.4 < result["mAP"] < 0.9  # matches pulled near the top, far from chance
+    assert (labels[1] == 0).sum() == scale.num_distractors
+
+
+def test_features_subset_keeps_labels_aligned():
+    scale = perf.SCALES["small"]
+    qf, gf, q_pids, g_pids, q_cams, g_cams = perf.synthetic_features(scale, 0, fraction=0.5)
+    assert qf.shape == (50, scale.feat_dim) and gf.shape == (250, scale.feat_dim)
+    np.testing.assert_allclose(np.linalg.norm(gf, axis=1), 1.0, rtol=1e-5)
+    full = perf.synthetic_features(scale, 0)
+    np.testing.assert_array_equal(full[1][:250], gf)
+    np.testing.assert_array_equal(full[3][:250], g_pids)
+
+
+def test_perf_command_small_scale(monkeypatch, capsys):
+    monkeypatch.setattr(perf, "_in_fresh_process", _in_this_process)
+    assert main(["perf", "--scale", "small", "--seed", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out)
+    assert report["exact"] is True and report["seed"] == 1
+    rows = report["rows"]
+    assert {(r["task"], r["scale"]) for r in rows} == {("evaluation", "small"), ("re-ranking", "small")}
+    for r in rows:
+        assert r["ours_seconds"] > 0 and r["ours_peak_gib"] > 0
+        assert r["reference_seconds"] > 0
+        assert r["ratio"] == pytest.approx(r["ours_seconds"] / r["reference_seconds"])
+    classic = next(r for r in rows if r["reference"].startswith("classic"))
+    assert classic["max_metric_diff"] <= 1e-12 and classic["reference_size"] == "100 x 500"
+    rerank = next(r for r in rows if r["task"] == "re-ranking")
+    assert rerank["max_distance_diff"] < 1e-4 and rerank["max_metric_diff"] < 1e-6
+    table = perf.format_table([perf.Row(**r) for r in rows])  # what the command prints without --json
+    assert table.splitlines()[0].split()[:3] == ["task", "scale", "reference"]
+    assert "dense re-ranking" in table and "classic per-query evaluator" in table
+
+
+def test_a_job_runs_in_a_fresh_process_with_its_own_peak():
+    out = perf._in_fresh_process(perf.job_evaluate, scale_name="small", seed=0, impl="ours", num_rows=20, repeats=1)
+    scale = perf.SCALES["small"]
+    q_pids, g_pids, q_cams, g_cams = perf.synthetic_labels(scale, 0)
+    here = evaluate_reid(perf.synthetic_distmat(scale, 0, 20), q_pids[:20], g_pids, q_cams[:20], g_cams)
+    assert out["metrics"]["mAP"] == here["mAP"] and out["metrics"]["cmc"] == list(here["cmc"])
+    assert out["peak_gib"] >= out["base_gib"] > 0
+
+
+def test_exit_code_flags_an_inexact_evaluation(monkeypatch, capsys):
+    row = perf.Row("evaluation", "small", "classic", "1 x 1", "1 x 1", 1.0, 1.0, 1.0, 0.1, 0.1, 1e-3)
+    monkeypatch.setattr(perf, "perf_table", lambda scales, seed: [row])
+    assert perf.run_perf(argparse.Namespace(json=True, scale=["small"], seed=0)) == 1
+    assert json.loads(capsys.readouterr().out)["exact"] is False
