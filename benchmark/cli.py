@@ -84,7 +84,13 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
 def _cmd_datasets_synth(args: argparse.Namespace) -> int:
     from benchmark.data.synthetic_reid import write_synthetic_reid
 
-    out = write_synthetic_reid(Path(args.out), seed=args.seed)
+    from benchmark.data.errors import DatasetError
+
+    try:
+        out = write_synthetic_reid(Path(args.out), seed=args.seed)
+    except (FileExistsError, ValueError, DatasetError) as exc:
+        print(f"datasets synth: {exc}", file=sys.stderr)
+        return 1
     print(f"synthetic-reid (seed {args.seed}) written to {out}")
     return 0
 
@@ -295,7 +301,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from benchmark.reporting.check import ReferenceError, check_records, load_reference, write_reference
+    from benchmark.reporting.check import (
+        ReferenceError,
+        check_records,
+        load_reference,
+        uncovered_cells,
+        write_reference,
+    )
     from benchmark.reporting.results import ResultsError, load_records
 
     try:
@@ -307,10 +319,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             return 0
         if not args.reference:
             raise ReferenceError("give --reference FILE (or --write-reference FILE)")
-        results = check_records(load_reference(args.reference), records)
+        cells = load_reference(args.reference)
+        results = check_records(cells, records)
     except (ResultsError, ReferenceError) as exc:
         print(f"check: {exc}", file=sys.stderr)
         return 2
+    uncovered = uncovered_cells(cells, records)
+    if uncovered:
+        print(f"note: {len(uncovered)} finished cell(s) not in the reference, not checked: "
+              + "; ".join(uncovered))
     bad = [r for r in results if r.status != "ok"]
     for r in results:
         if r.status != "ok" or args.verbose:
@@ -422,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each [[cell]] of the reference (method, dataset, profile, metric, value, "
         "tolerance, optional seeds) is compared with the mean of its matching finished records; "
         "a cell outside its tolerance, or with no matching record, is printed and makes the exit "
-        "status 1. With --write-reference, writes a reference from the results instead.",
+        "status 1 (0 when every cell passes; 2 when the reference or the results folder cannot "
+        "be read). With --write-reference, writes a reference from the results instead "
+        "(refused while any record failed).",
     )
     p.add_argument("--results", default="results", help="results folder (default ./results)")
     p.add_argument("--reference", help="reference TOML, e.g. leaderboards/reference/ci.toml")

@@ -11,7 +11,8 @@ all stages are numbered through so that the harness checkpoints and resumes anyw
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from itertools import islice
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -116,9 +117,10 @@ class BUC(EpochMethod):
       sizes at the start of the step (as the authors' code does).
     - A view smaller than the batch trains on one batch of all its images.
     - quick / ci profiles: a small ResNet trained from scratch (no pretrained weights, so the
-      backbone learns at the full learning rate), a 128-d embedding, batch 32, a larger merge
-      fraction with fewer merge steps, and a few epochs per stage, so that the run ends near the
-      same fraction of clusters per image in minutes on a CPU.
+      backbone learns at the full learning rate) with a 128-d / 64-d embedding. quick: batch 32,
+      6 epochs on singletons without the learning-rate drop, then 5 merge steps of 15 % of N with
+      one epoch each (ending at 25 % of N clusters); ci: 1 + 1 epochs of 10 batches of 16, one
+      merge step of 25 % of N.
     """
 
     key = "buc"
@@ -132,7 +134,7 @@ class BUC(EpochMethod):
     )
     tasks = ("reid",)
     uses_camera_ids = False
-    defaults: dict[str, Any] = {
+    defaults: ClassVar[dict[str, Any]] = {
         "merge_fraction": 0.05,
         "size_penalty": 0.005,
         "merge_steps": 18,
@@ -147,6 +149,7 @@ class BUC(EpochMethod):
         "nesterov": True,
         "weight_decay": 5e-4,
         "batch_size": 16,
+        "iters": 0,  # batches per epoch; 0 = one pass over the view (the authors' epoch)
         "temperature": 0.1,
         "memory_momentum": 0.5,
         "embedding_dim": 2048,
@@ -158,14 +161,14 @@ class BUC(EpochMethod):
         "flip": True,
         "crop_scale": 0.64,
     }
-    profile_overrides: dict[str, dict[str, Any]] = {
+    profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {
-            "merge_fraction": 0.1, "merge_steps": 8, "first_epochs": 4, "step_epochs": 1,
-            "lr_step": 3, "backbone_lr_mult": 1.0, "embedding_dim": 128, "batch_size": 32,
+            "merge_fraction": 0.15, "merge_steps": 5, "first_epochs": 6, "step_epochs": 1,
+            "lr_step": 6, "backbone_lr_mult": 1.0, "embedding_dim": 128, "batch_size": 32,
         },
         "ci": {
             "merge_fraction": 0.25, "merge_steps": 1, "first_epochs": 1, "step_epochs": 1,
-            "backbone_lr_mult": 1.0, "embedding_dim": 64, "batch_size": 16,
+            "backbone_lr_mult": 1.0, "embedding_dim": 64, "batch_size": 16, "iters": 10,
         },
     }
 
@@ -191,10 +194,16 @@ class BUC(EpochMethod):
 
     def _check_config(self, config: Mapping[str, Any], n: int) -> None:
         if config["linkage"] not in LINKAGES:
-            raise ConfigError(f"{self.key}: linkage must be one of {LINKAGES}, got {config['linkage']!r}")
+            raise ConfigError(
+                f"{self.key}: linkage must be one of {LINKAGES}, got {config['linkage']!r}"
+            )
         if config["merge_metric"] not in METRICS:
             raise ConfigError(
                 f"{self.key}: merge_metric must be one of {METRICS}, got {config['merge_metric']!r}"
+            )
+        if int(config["iters"]) < 0:
+            raise ConfigError(
+                f"{self.key}: iters must be >= 0 (0 = one pass), got {config['iters']}"
             )
         if n < 2:
             raise ConfigError(f"{self.key}: the training view holds {n} image(s); need at least 2")
@@ -233,7 +242,8 @@ class BUC(EpochMethod):
         ).to(self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """A fresh SGD per stage (as the authors' code builds one), the backbone at a reduced rate."""
+        """A fresh SGD per stage (as the authors' code builds one); the backbone at a reduced
+        rate."""
         c = self.config
         head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
         base = [p for p in self.model.backbone.parameters() if p.requires_grad]
@@ -316,9 +326,10 @@ class BUC(EpochMethod):
             generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
             pin_memory=self.device.type == "cuda",
         )
+        iters = int(c["iters"])
         self.model.train()
         total, steps = 0.0, 0
-        for images, index in loader:
+        for images, index in islice(loader, iters if iters > 0 else None):
             images = images.to(self.device, non_blocking=True)
             targets = targets_all[index.to(self.device)]
             out = self.model(images)

@@ -19,3 +19,12 @@ def session_cache_dir(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("BENCHMARK_CACHE_DIR", None)
     else:
         os.environ["BENCHMARK_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def synthetic_reid_generated(session_cache_dir):
+    """synthetic-reid, generated into the session cache before any subprocess needs it (runs started
+    side by side would otherwise each generate it)."""
+    from benchmark.data.registry import load_dataset
+
+    return load_dataset("synthetic-reid")

@@ -1,5 +1,6 @@
-"""The `buc` adapter on a tiny unlabeled view: it trains through its merge stages, returns an encoder,
-follows the N - t * n count rule, repeats exactly for a seed, and resumes bit-identically."""
+"""The `buc` adapter on a tiny unlabeled view: it trains through its merge stages, returns an
+encoder, follows the N - t * n count rule, repeats exactly for a seed, and resumes bit-identically.
+"""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from benchmark.cli import main
 from benchmark.engine import records as engine_records
 from benchmark.reporting import results as reporting_results
 from benchmark.reporting.check import (
+    ReferenceCell,
     ReferenceError,
     check_records,
     load_reference,
@@ -83,7 +84,7 @@ def matching_reference() -> list[str]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmark", "check", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_reader_follows_the_engine_layout(tmp_path: Path) -> None:
@@ -111,8 +112,8 @@ def test_cli_passes_on_a_matching_reference_and_fails_naming_the_moved_cell(
     done = run_cli("--results", str(results), "--reference", str(reference))
     assert done.returncode == 1
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("OUTSIDE")]
-    assert lines == ["OUTSIDE TOLERANCE cell #1: alpha on digits (ci, seeds [0, 1]) ACC: expected "
-                     "0.4301 ± 0.0100, found 0.4200 (mean of seeds [0, 1]; off by -0.0101)"]
+    assert lines == [("OUTSIDE TOLERANCE cell #1: alpha on digits (ci, seeds [0, 1]) ACC: expected "
+                      "0.4301 ± 0.0100, found 0.4200 (mean of seeds [0, 1]; off by -0.0101)")]
     assert f"{len(cells) - 1} within tolerance, 1 outside, 0 errors" in done.stdout
 
 
@@ -127,6 +128,16 @@ def test_the_tolerance_is_inclusive_and_means_use_the_named_seeds(results: Path,
     assert [abs(r.found - r.cell.value) > r.cell.tolerance for r in outcome] == [True] * 3
     assert outcome[0].found == pytest.approx(0.42) and outcome[0].seeds == (0, 1)
     assert outcome[1].found == 0.36 and outcome[2].found == 0.30
+
+
+def test_cells_the_reference_does_not_name_are_noted_not_failed(results: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    path = tmp_path / "ref.toml"
+    path.write_text(cell("alpha", "digits", "ACC", 0.42, 0.01))
+    assert main(["check", "--results", str(results), "--reference", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: 2 finished cell(s) not in the reference, not checked: alpha on synthetic-reid "
+            "(ci); beta on synthetic-reid (ci)") in out
 
 
 @pytest.mark.parametrize(("entry", "message"), [
@@ -201,3 +212,37 @@ def test_committed_ci_reference_is_valid() -> None:
     assert all(c.seeds for c in cells)  # pinned seeds: a dropped seed is an error, not a pass
     for c in cells:
         assert c.tolerance == tolerance_for(c.metric)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REFERENCE_CI.is_file(), reason="leaderboards/reference/ci.toml not generated")
+def test_committed_ci_reference_passes_on_a_real_run_and_fails_when_moved(tmp_path: Path,
+                                                                          capsys) -> None:
+    """The cheapest cell of the ci suite, run for real, against the committed reference."""
+    from benchmark.engine.runner import run_cell
+
+    committed = [c for c in load_reference(REFERENCE_CI)
+                 if (c.method, c.dataset) == ("raw-pixels", "digits")]
+    assert {c.metric for c in committed} == {"ACC", "NMI", "ARI"}
+    results = tmp_path / "results"
+    for seed in sorted({s for c in committed for s in c.seeds}):
+        record = run_cell("raw-pixels", "digits", seed, "ci", results, tracking=False, log=None)
+        assert record["status"] == "finished", record.get("error")
+
+    def reference(cells: list) -> Path:
+        path = tmp_path / "ci-subset.toml"
+        path.write_text("\n".join(cell(c.method, c.dataset, c.metric, c.value, c.tolerance,
+                                       list(c.seeds), c.profile) for c in cells))
+        return path
+
+    assert main(["check", "--results", str(results), "--reference", str(reference(committed))]) == 0
+    first = committed[0]
+    shift = first.tolerance + 0.005
+    moved = first.value + shift if first.value + shift <= 1 else first.value - shift
+    changed = [ReferenceCell(**{**vars(first), "value": moved}), *committed[1:]]
+    capsys.readouterr()
+    assert main(["check", "--results", str(results), "--reference", str(reference(changed))]) == 1
+    err = capsys.readouterr().err
+    assert f"OUTSIDE TOLERANCE cell #1: raw-pixels on digits (ci, seeds [0]) {first.metric}: " \
+           f"expected {moved:.4f}" in err
+    assert err.count("OUTSIDE") == 1

@@ -59,5 +59,5 @@ def test_probe_is_bit_identical_per_seed(tmp_path):
 
 
 @pytest.mark.skipif(not CC_PATH.exists(), reason="methods/cluster_contrast.py not written yet")
-def test_cluster_contrast_is_bit_identical_per_seed(tmp_path):
+def test_cluster_contrast_is_bit_identical_per_seed(tmp_path, synthetic_reid_generated):
     _check(_runs("cluster-contrast", "synthetic-reid", tmp_path, [0, 0, 1]), "mAP")

@@ -30,8 +30,8 @@ def _matches(arrays: list[np.ndarray], target: np.ndarray) -> bool:
 
 
 @pytest.fixture(scope="module")
-def synthetic():
-    return load_dataset("synthetic-reid")
+def synthetic(synthetic_reid_generated):
+    return synthetic_reid_generated
 
 
 def _snoop(method: str, dataset: str, tmp_path) -> dict:

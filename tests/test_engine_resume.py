@@ -91,7 +91,7 @@ def test_probe_resumes_bit_identically(tmp_path):
 
 
 @pytest.mark.skipif(not CC_PATH.exists(), reason="methods/cluster_contrast.py not written yet")
-def test_cluster_contrast_resumes_bit_identically(tmp_path):
+def test_cluster_contrast_resumes_bit_identically(tmp_path, synthetic_reid_generated):
     # the uninterrupted reference runs at the same time as the run that gets killed
     method, dataset = "cluster-contrast", "synthetic-reid"
     reference = subprocess.Popen(_command(method, dataset, tmp_path / "reference"),

@@ -1,5 +1,6 @@
-"""Bottom-up merging (methods.common.merging) against hand-computed cases and independent references:
-brute-force linkages from scipy's cdist, and scipy's single-linkage hierarchy for BUC's min rule."""
+"""Bottom-up merging (methods.common.merging) against hand-computed cases and independent
+references: brute-force linkages from scipy's cdist, and scipy's single-linkage hierarchy for BUC's
+min rule."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from methods.common.merging import (
 )
 
 # Three clusters on a line (second coordinate 0): A = {11, 10}, B = {6, 15}, C = {7}.
-#   min:      d(A,B) = min(5, 4, 4, 5) = 4,  d(A,C) = min(4, 3) = 3,  d(B,C) = min(1, 8) = 1  -> (B, C)
-#   max:      d(A,B) = 5,                    d(A,C) = 4,              d(B,C) = 8              -> (A, C)
-#   centroid: means 10.5, 10.5, 7: d(A,B) = 0, d(A,C) = 3.5, d(B,C) = 3.5                     -> (A, B)
-#   average:  d(A,B) = (5+4+4+5)/4 = 4.5,    d(A,C) = (4+3)/2 = 3.5,  d(B,C) = (1+8)/2 = 4.5
+#   min:      d(A,B) = min(5, 4, 4, 5) = 4, d(A,C) = min(4, 3) = 3, d(B,C) = min(1, 8) = 1 -> (B, C)
+#   max:      d(A,B) = 5,                   d(A,C) = 4,             d(B,C) = 8             -> (A, C)
+#   centroid: means 10.5, 10.5, 7:  d(A,B) = 0, d(A,C) = 3.5, d(B,C) = 3.5                 -> (A, B)
+#   average:  d(A,B) = (5+4+4+5)/4 = 4.5,   d(A,C) = (4+3)/2 = 3.5, d(B,C) = (1+8)/2 = 4.5
 LINE = np.array([[11, 0], [10, 0], [6, 0], [15, 0], [7, 0]], dtype=np.float32)
 LINE_LABELS = np.array([0, 0, 1, 1, 2])
 HAND = {
@@ -92,8 +93,9 @@ def test_diversity_term_changes_the_choice_when_sizes_differ() -> None:
     assert merge_step(labels, dist, 1, size_penalty=0.05).tolist() == [0, 0, 0, 1, 1]
     assert merge_step(labels, dist, 1, size_penalty=0.0).tolist() == [0, 0, 0, 0, 1]
     # Break-even: 1.00 + 4 lambda = 1.02 + 2 lambda at lambda = 0.01; just below, (0, 1) still wins.
-    assert select_merges(dist, 1, sizes=np.bincount(labels), size_penalty=0.009).tolist() == [[0, 1]]
-    assert select_merges(dist, 1, sizes=np.bincount(labels), size_penalty=0.011).tolist() == [[1, 2]]
+    sizes = np.bincount(labels)
+    assert select_merges(dist, 1, sizes=sizes, size_penalty=0.009).tolist() == [[0, 1]]
+    assert select_merges(dist, 1, sizes=sizes, size_penalty=0.011).tolist() == [[1, 2]]
 
 
 def test_union_find_never_merges_more_than_asked() -> None:
@@ -160,8 +162,8 @@ def test_infinite_pairs_are_never_merged() -> None:
 
 
 def test_single_linkage_steps_follow_scipy_hierarchy_and_count_rule() -> None:
-    """Without the diversity term, merging the n closest pairs by minimum distance from singletons is
-    Kruskal's algorithm, so after t steps the partition is scipy's single-linkage tree cut at
+    """Without the diversity term, merging the n closest pairs by minimum distance from singletons
+    is Kruskal's algorithm, so after t steps the partition is scipy's single-linkage tree cut at
     N - t * n clusters."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 6)).astype(np.float32)
@@ -202,7 +204,8 @@ def test_relabelling_keeps_cluster_order() -> None:
 def test_merge_schedule_maps_epochs_to_stages() -> None:
     s = MergeSchedule(first_epochs=3, step_epochs=2, merge_steps=2)
     assert s.num_epochs == 7
-    assert [s.locate(e) for e in range(7)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]
+    stages = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [s.locate(e) for e in range(7)] == stages
     assert [e for e in range(7) if s.merges_before(e)] == [3, 5]
     with pytest.raises(ValueError, match="epoch 7"):
         s.locate(7)

@@ -51,11 +51,12 @@ def test_perf_command_small_scale(monkeypatch, capsys):
     out = capsys.readouterr().out
     report = json.loads(out)
     assert report["exact"] is True and report["seed"] == 1
+    assert report["machine"]["cpus"] >= 1 and len(report["machine"]["load_average_1min"]) == 2
     rows = report["rows"]
     assert {(r["task"], r["scale"]) for r in rows} == {("evaluation", "small"), ("re-ranking", "small")}
     for r in rows:
-        assert r["ours_seconds"] > 0 and r["ours_peak_gib"] > 0
-        assert r["reference_seconds"] > 0
+        assert r["ours_seconds"] > 0 and r["ours_peak_gib"] > 0 and r["ours_cpu_seconds"] > 0
+        assert r["reference_seconds"] > 0 and r["reference_cpu_seconds"] > 0
         assert r["ratio"] == pytest.approx(r["ours_seconds"] / r["reference_seconds"])
     classic = next(r for r in rows if r["reference"].startswith("classic"))
     assert classic["max_metric_diff"] <= 1e-12 and classic["reference_size"] == "100 x 500"
@@ -67,7 +68,9 @@ def test_perf_command_small_scale(monkeypatch, capsys):
 
 
 def test_a_job_runs_in_a_fresh_process_with_its_own_peak():
-    out = perf._in_fresh_process(perf.job_evaluate, scale_name="small", seed=0, impl="ours", num_rows=20, repeats=1)
+    out = perf._in_fresh_process(
+        perf.job_evaluate, scale_name="small", seed=0, impl="ours", num_rows=20, repeats=1
+    )
     scale = perf.SCALES["small"]
     q_pids, g_pids, q_cams, g_cams = perf.synthetic_labels(scale, 0)
     here = evaluate_reid(perf.synthetic_distmat(scale, 0, 20), q_pids[:20], g_pids, q_cams[:20], g_cams)

@@ -50,7 +50,9 @@ def matlab_official_ap(ranked_labels):
     return ap
 
 
-def brute_evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, ap="non-interpolated", unmatched="skip"):
+def brute_evaluate(
+    distmat, q_pids, g_pids, q_cams, g_cams, max_rank, ap="non-interpolated", unmatched="skip"
+):
     aps, inps, curves = [], [], []
     depth = max(max_rank, 10)
     for i in range(distmat.shape[0]):
@@ -77,6 +79,11 @@ def brute_evaluate(distmat, q_pids, g_pids, q_cams, g_cams, max_rank, ap="non-in
             "R5": curve[4], "R10": curve[9], "num_query_evaluated": len(aps)}
 
 
+def random_labels(rng, nq, ng, n_ids, n_cams):
+    return (rng.integers(0, n_ids, nq), rng.integers(0, n_ids, ng),
+            rng.integers(0, n_cams, nq), rng.integers(0, n_cams, ng))
+
+
 def assert_same(result, expected, tol=1e-12):
     for key in ("mAP", "mINP", "R1", "R5", "R10"):
         assert result[key] == pytest.approx(expected[key], abs=tol), key
@@ -90,7 +97,9 @@ def reid_problems(draw, max_q=7, max_g=22):
     ng = draw(st.integers(1, max_g))
     n_ids = draw(st.integers(1, 5))
     n_cams = draw(st.integers(1, 3))
-    ints = lambda n, hi: np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)))  # noqa: E731
+    def ints(n, hi):
+        return np.array(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)))
+
     q_pids, g_pids = ints(nq, n_ids), ints(ng, n_ids)  # id 0 plays the distractor
     q_cams, g_cams = ints(nq, n_cams - 1), ints(ng, n_cams - 1)
     if draw(st.booleans()):  # few distinct values: many exact ties
@@ -106,8 +115,13 @@ def reid_problems(draw, max_q=7, max_g=22):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=reid_problems(), max_rank=st.integers(1, 12), block=st.integers(1, 4),
-       ap=st.sampled_from(["non-interpolated", "market-official"]), unmatched=st.sampled_from(["skip", "zero"]))
+@given(
+    problem=reid_problems(),
+    max_rank=st.integers(1, 12),
+    block=st.integers(1, 4),
+    ap=st.sampled_from(["non-interpolated", "market-official"]),
+    unmatched=st.sampled_from(["skip", "zero"]),
+)
 def test_matches_brute_force(problem, max_rank, block, ap, unmatched):
     dist, q_pids, g_pids, q_cams, g_cams = problem
     expected = brute_evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, ap, unmatched)
@@ -125,7 +139,9 @@ def test_matches_brute_force(problem, max_rank, block, ap, unmatched):
 
 
 @settings(max_examples=60, deadline=None)
-@given(problem=reid_problems(), seed=st.integers(0, 2**16), repeats=st.integers(1, 4), block=st.integers(1, 3))
+@given(
+    problem=reid_problems(), seed=st.integers(0, 2**16), repeats=st.integers(1, 4), block=st.integers(1, 3)
+)
 def test_cuhk03_single_shot_matches_reference_loop(problem, seed, repeats, block):
     """Same draws (the documented specification), same numbers as the per-query reference loop."""
     dist, q_pids, g_pids, q_cams, g_cams = problem
@@ -152,7 +168,9 @@ def test_both_candidate_routes_on_larger_galleries(monkeypatch, route):
     dist[q_pids[:, None] == g_pids[None, :]] -= np.float32(2.5)  # trained-like for most rows
     dist[::7] = np.round(dist[::7] * 4) / 4  # some rows full of exact ties
     expected = evaluate_reid_classic(dist, q_pids, g_pids, q_cams, g_cams, 50)
-    assert_same(evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, 50, block_rows=8), expected)
+    for threads in (1, 3):  # rows shared between threads: same numbers
+        result = evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, 50, block_rows=8, threads=threads)
+        assert_same(result, expected)
 
 
 def test_classic_reference_agrees_with_brute_force_on_tie_free_input():
@@ -164,13 +182,17 @@ def test_classic_reference_agrees_with_brute_force_on_tie_free_input():
     for kind in ("stable", "quicksort"):  # quicksort: torchreid's / fast-reid's argsort
         assert_same(evaluate_reid_classic(dist, q_pids, g_pids, q_cams, g_cams, 20, kind=kind), expected)
     assert_same(evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, 20), expected)
+    official = brute_evaluate(dist, q_pids, g_pids, q_cams, g_cams, 20, "market-official", "zero")
+    classic_official = evaluate_reid_classic(dist, q_pids, g_pids, q_cams, g_cams, 20, ap="market-official")
+    assert_same(classic_official, official)
 
 
 # ------------------------------------------------------------------ hand-computed cases
 
 
 def _one_query(dist_row, g_pids, g_cams, q_pid=1, q_cam=0, **kwargs):
-    return evaluate_reid(np.array([dist_row], dtype=np.float64), [q_pid], g_pids, [q_cam], g_cams, 5, **kwargs)
+    dist = np.array([dist_row], dtype=np.float64)
+    return evaluate_reid(dist, [q_pid], g_pids, [q_cam], g_cams, 5, **kwargs)
 
 
 def test_hand_case_ap_inp_cmc():
@@ -192,7 +214,8 @@ def test_hand_case_ap_inp_cmc():
 
 
 def test_hand_case_official_ap_with_first_match_not_on_top():
-    # matches at valid ranks 1 and 3: p = 1/2, 2/4; prev = 0/1, 1/3 -> ((0 + 1/2)/2 + (1/3 + 1/2)/2)/2 = 1/3
+    # matches at valid ranks 1 and 3: p = 1/2, 2/4; prev = 0/1, 1/3
+    # -> ((0 + 1/2)/2 + (1/3 + 1/2)/2) / 2 = 1/3
     row = [0.1, 0.2, 0.3, 0.4]
     g_pids, g_cams = [2, 1, 3, 1], [1, 1, 1, 1]
     assert _one_query(row, g_pids, g_cams, ap="market-official")["mAP"] == pytest.approx(1 / 3)
@@ -216,7 +239,8 @@ def test_ties_are_broken_by_gallery_index():
     # negative and match at the same distance: the lower gallery index ranks first
     assert _one_query([0.5, 0.5], [2, 1], [1, 1])["mAP"] == pytest.approx(0.5)
     assert _one_query([0.5, 0.5], [1, 2], [1, 1])["mAP"] == pytest.approx(1.0)
-    assert evaluate_reid(np.array([[0.5, 0.5]]), [1], [2, 1], [0], [1, 1], 1)["protocol"]["ties"].startswith("stable")
+    protocol = evaluate_reid(np.array([[0.5, 0.5]]), [1], [2, 1], [0], [1, 1], 1)["protocol"]
+    assert protocol["ties"].startswith("stable")
 
 
 def test_distractors_are_negatives_and_same_camera_items_are_removed():
@@ -261,7 +285,7 @@ def test_r1_r5_r10_exist_below_max_rank_ten():
 def test_dtypes_memmap_and_tensors_give_the_same_numbers(tmp_path):
     rng = np.random.default_rng(2)
     dist = rng.integers(0, 50, (25, 60)).astype(np.float64)
-    labels = (rng.integers(0, 8, 25), rng.integers(0, 8, 60), rng.integers(0, 3, 25), rng.integers(0, 3, 60))
+    labels = random_labels(rng, 25, 60, n_ids=8, n_cams=3)
     expected = brute_evaluate(dist, *labels, 10)
     path = tmp_path / "dist.npy"
     np.save(path, dist.astype(np.float32))
@@ -275,7 +299,7 @@ def test_dtypes_memmap_and_tensors_give_the_same_numbers(tmp_path):
 def test_features_path_equals_distance_path(metric):
     rng = np.random.default_rng(4)
     q, g = rng.standard_normal((30, 16)), rng.standard_normal((200, 16))
-    labels = (rng.integers(0, 10, 30), rng.integers(0, 10, 200), rng.integers(0, 3, 30), rng.integers(0, 3, 200))
+    labels = random_labels(rng, 30, 200, n_ids=10, n_cams=3)
     dist = cdist(q, g, metric)  # scipy, float64: an independent distance
     expected = brute_evaluate(dist, *labels, 20)
     for block in (None, 7):
@@ -289,10 +313,12 @@ def test_features_path_equals_distance_path(metric):
 def test_gpu_and_cpu_give_the_same_numbers():
     rng = np.random.default_rng(5)
     q, g = rng.standard_normal((300, 64)), rng.standard_normal((3000, 64))
-    labels = (rng.integers(0, 100, 300), rng.integers(0, 100, 3000), rng.integers(0, 6, 300), rng.integers(0, 6, 3000))
+    labels = random_labels(rng, 300, 3000, n_ids=100, n_cams=6)
     for kwargs in ({}, {"cmc": "cuhk03-single-gallery-shot"}, {"ap": "market-official"}):
         cpu = evaluate_reid_features(q, g, *labels, metric="cosine", device="cpu", **kwargs)
-        gpu = evaluate_reid_features(q, g, *labels, metric="cosine", device="cuda", block_rows=64, **kwargs)
+        gpu = evaluate_reid_features(
+            q, g, *labels, metric="cosine", device="cuda", block_rows=64, **kwargs
+        )
         assert_same(gpu, cpu, tol=1e-6)
         dist = torch.from_numpy(cdist(q, g, "cosine")).cuda()
         assert_same(evaluate_reid(dist, *labels, **kwargs), cpu, tol=1e-6)

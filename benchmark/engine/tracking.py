@@ -11,7 +11,9 @@ later (re-running a finished cell's command also retries it). A replay first del
 half-finished earlier attempt left for the same record, so each cell stays one run.
 
 Default store: SQLite inside the results folder (`sqlite:///<out>/mlflow.db`, artifacts in
-`<out>/mlartifacts`); `--tracking-uri` or MLFLOW_TRACKING_URI point elsewhere.
+`<out>/mlartifacts`); `--tracking-uri` or MLFLOW_TRACKING_URI point elsewhere. MLflow's usage
+telemetry is switched off (MLFLOW_DISABLE_TELEMETRY) unless the user sets it: nothing leaves the
+machine but what goes to the tracking server the user named.
 """
 
 from __future__ import annotations
@@ -56,12 +58,16 @@ def _is_remote(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
 
-def _quiet_http(uri: str) -> None:
-    """MLflow's own HTTP retries default to minutes; the harness does its own short retries."""
+def _quiet(uri: str) -> None:
+    """Settings made before MLflow is imported (each only where the user has not set it):
+    MLflow's own HTTP retries default to minutes, and the harness does its own short retries;
+    no usage telemetry leaves the machine; INFO logs (database migrations) stay out of the way."""
     if _is_remote(uri):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    for name in ("mlflow", "alembic", "urllib3"):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -230,7 +236,7 @@ def log_cell(
 ) -> dict[str, Any]:
     """Log a written record to MLflow; return the record's new `tracking` block (and update the
     record file with it). Never raises for a tracking failure."""
-    _quiet_http(uri)
+    _quiet(uri)
     error = ""
     for attempt in range(1, attempts + 1):
         try:

@@ -46,7 +46,7 @@ def evaluate_reid_classic(
     unmatched: str | None = None,
     kind: str = "stable",
 ) -> dict[str, Any]:
-    """mAP, mINP, CMC by sorting every query's row; same keys and options as `evaluate_reid`.
+    """mAP, mINP, CMC by sorting every query's row; `evaluate_reid`'s options and metric keys.
 
     `kind` is passed to np.argsort ("stable" follows the documented tie rule; "quicksort" is what
     torchreid and fast-reid use).

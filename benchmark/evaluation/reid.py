@@ -1,19 +1,23 @@
-"""Exact re-ID ranking metrics (mAP, mINP, CMC) that never sort a whole gallery row.
+"""Exact re-ID ranking metrics (mAP, mINP, CMC) without argsorting the distance matrix.
 
 Why it is built this way: the classic evaluators (torchreid, fast-reid) argsort every row of the
 query x gallery distance matrix and then build an equally large int matrix of matches; at MSMT17
 scale (11,659 x 82,161) that is tens of GB and tens of seconds. But mAP, mINP and CMC depend only
-on the positions of the true matches in each query's ranking, and the position of a match is just
-the number of valid gallery items ranked before it. Those are found without sorting:
+on the positions of the true matches in each query's ranking, and the position of a match is the
+number of valid gallery items ranked before it. Per query:
 
-1. the query's same-identity gallery items are looked up through the identity groups (no scan);
-2. one vectorised comparison per block of queries marks the gallery items that are not farther
-   than the query's hardest true match: only these can sit in front of any match. For a trained
-   model the matches are near the top, so this is a small set;
-3. for each query the few candidates are located among its sorted match distances
-   (`np.searchsorted`) and a cumulative histogram gives every match's rank.
-Memory stays bounded because queries are processed in blocks; the same code runs on a GPU tensor
-block (steps 1-2 on the device, step 3 on the small candidate set on the CPU).
+1. its same-identity gallery items come from the identity groups (no scan of the row);
+2. one comparison pass counts the items not farther than its hardest true match: only these can
+   sit in front of any match. For a trained model the matches are near the top, so these are few;
+3. only those items are sorted (numpy's SIMD sort; taken out by a boolean mask when few, by
+   np.partition when many), and `np.searchsorted` of the handful of match distances into them
+   gives, per match, the items strictly closer and the items at exactly its distance; the
+   query's own identity is counted the same way and subtracted, and exact ties with a negative
+   (rare) are settled by gallery index.
+Rows are independent: threads share a block's rows. Memory stays bounded because queries are
+processed in blocks. On an accelerator (a torch tensor on a GPU, or `evaluate_reid_features`
+there) each block's rows are instead sorted whole on the device and searched with one batched
+torch.searchsorted, with no per-row Python loop.
 
 Protocol (the field's standard, as torchreid / fast-reid implement it):
 - for each query, gallery items with the same identity AND the same camera are removed;
@@ -24,8 +28,8 @@ Protocol (the field's standard, as torchreid / fast-reid implement it):
 - mINP (Ye et al., TPAMI 2021): mean over queries of (#matches / rank of the hardest match);
 - CMC(k): fraction of queries whose first true match is within the top k.
 Ties are broken by gallery index: the ranking is the stable sort of (distance, gallery index),
-which is what `np.argsort(row, kind="stable")` gives. (torchreid and fast-reid use an unstable
-argsort, so on tied distances their numbers are not even reproducible between numpy versions.)
+which is what `np.argsort(row, kind="stable")` gives. (torchreid and fast-reid use the default,
+unstable argsort, so on tied distances their order depends on numpy's sort implementation.)
 NaN distances are rejected.
 
 Variants that papers use and that every result records under "protocol":
@@ -45,8 +49,10 @@ Variants that papers use and that every result records under "protocol":
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -153,7 +159,12 @@ def _sorted_matches(d_same: np.ndarray, gidx: np.ndarray, is_match: np.ndarray) 
 
 
 def _counts_before_cpu(
-    d: np.ndarray, m_dist: np.ndarray, n_match: np.ndarray, own: np.ndarray, n_own: np.ndarray
+    d: np.ndarray,
+    m_dist: np.ndarray,
+    n_match: np.ndarray,
+    own: np.ndarray,
+    n_own: np.ndarray,
+    threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per match: valid negatives strictly closer, and valid negatives at exactly its distance.
 
@@ -161,25 +172,35 @@ def _counts_before_cpu(
     those are sorted (numpy's SIMD sort): few are taken out with a boolean mask, many with
     np.partition, which is cheaper than the mask once they are a sizeable part of the row. The
     query's own identity (matches and removed same-camera items; `own` sorted per row, +inf
-    pads) is counted the same way and subtracted.
+    pads) is counted the same way and subtracted. Rows are independent and numpy's sort,
+    partition and comparisons release the GIL, so `threads` threads share the rows.
     """
     closer = np.zeros(m_dist.shape, dtype=np.int64)
     tied = np.zeros(m_dist.shape, dtype=np.int64)
     num_gallery = d.shape[1]
-    for b in np.flatnonzero(n_match):
-        n = n_match[b]
-        row, m = d[b], m_dist[b, :n]
-        below = row <= m[-1]
-        count = int(np.count_nonzero(below))
-        if count * _PARTITION_FROM <= num_gallery:
-            near = np.sort(row[below])
-        else:
-            near = np.sort(np.partition(row, count - 1)[:count])
-        own_b = own[b, : n_own[b]]
-        lt = np.searchsorted(near, m, side="left") - np.searchsorted(own_b, m, side="left")
-        le = np.searchsorted(near, m, side="right") - np.searchsorted(own_b, m, side="right")
-        closer[b, :n] = lt
-        tied[b, :n] = le - lt
+
+    def count_rows(rows: np.ndarray) -> None:
+        for b in rows:
+            n = n_match[b]
+            row, m = d[b], m_dist[b, :n]
+            below = row <= m[-1]
+            count = int(np.count_nonzero(below))
+            if count * _PARTITION_FROM <= num_gallery:
+                near = np.sort(row[below])
+            else:
+                near = np.sort(np.partition(row, count - 1)[:count])
+            own_b = own[b, : n_own[b]]
+            lt = np.searchsorted(near, m, side="left") - np.searchsorted(own_b, m, side="left")
+            le = np.searchsorted(near, m, side="right") - np.searchsorted(own_b, m, side="right")
+            closer[b, :n] = lt
+            tied[b, :n] = le - lt
+
+    rows = np.flatnonzero(n_match)
+    if threads <= 1 or rows.size < 2 * threads:
+        count_rows(rows)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(count_rows, [rows[i::threads] for i in range(threads)]))
     return closer, tied
 
 
@@ -199,7 +220,12 @@ def _counts_before_torch(
 
 
 def _block_match_ranks(
-    blk: torch.Tensor, gidx: np.ndarray, in_group: np.ndarray, is_match: np.ndarray, row0: int
+    blk: torch.Tensor,
+    gidx: np.ndarray,
+    in_group: np.ndarray,
+    is_match: np.ndarray,
+    row0: int,
+    threads: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of every true match for one block of queries.
 
@@ -225,7 +251,7 @@ def _block_match_ranks(
     own = np.sort(np.where(in_group, d_same, np.inf), axis=1)
     n_own = in_group.sum(axis=1)
     if d is not None:
-        closer, tied = _counts_before_cpu(d, m_dist, n_match, own, n_own)
+        closer, tied = _counts_before_cpu(d, m_dist, n_match, own, n_own, threads)
     else:
         closer, tied = _counts_before_torch(blk, m_dist, own, n_own)
     k = np.arange(gidx.shape[1])[None, :]
@@ -302,8 +328,10 @@ def _evaluate_blocks(
     seed: int,
     unmatched: str,
     extra_protocol: dict[str, Any],
+    threads: int | None,
 ) -> dict[str, Any]:
     nq = labels.q_pids.size
+    threads = _available_cores() if threads is None else max(1, int(threads))
     groups = _GalleryGroups.build(labels.g_pids, labels.g_camids)
     depth = max(int(max_rank), _MIN_CURVE)
     ap_all = np.zeros(nq)
@@ -315,7 +343,7 @@ def _evaluate_blocks(
         stop = start + blk.shape[0]
         group = groups.group_of(labels.q_pids[start:stop])
         gidx, in_group, is_match = groups.same_identity(group, labels.q_camids[start:stop])
-        ranks, n_match = _block_match_ranks(blk, gidx, in_group, is_match, start)
+        ranks, n_match = _block_match_ranks(blk, gidx, in_group, is_match, start, threads)
         has = n_match > 0
         matched[start:stop] = has
         k = np.arange(ranks.shape[1], dtype=np.float64)[None, :]
@@ -369,6 +397,13 @@ def _evaluate_blocks(
     }
 
 
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _rows_per_block(num_gallery: int, block_rows: int | None) -> int:
     if block_rows is not None:
         if int(block_rows) < 1:
@@ -418,6 +453,7 @@ def evaluate_reid(
     seed: int = 0,
     unmatched: Unmatched | None = None,
     block_rows: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """mAP, mINP and CMC of a query x gallery distance matrix (smaller = more similar).
 
@@ -425,7 +461,8 @@ def evaluate_reid(
     entry k-1 is CMC at rank k), "R1", "R5", "R10", "num_query_evaluated", "num_query_skipped",
     "num_query_without_match" and "protocol" (which AP / CMC variant, the tie rule, ...).
     `distmat` may be a numpy array (or memmap) or a torch tensor on any device; it is read in
-    blocks of `block_rows` queries and never copied whole. See the module docstring for the
+    blocks of `block_rows` queries and never copied whole; on the CPU, `threads` (default: the
+    cores this process may use) share each block's rows. See the module docstring for the
     definitions and the variants.
     """
     unmatched = _check_options(ap, cmc, cmc_repeats, unmatched, max_rank)
@@ -438,7 +475,7 @@ def evaluate_reid(
         raise ValueError(f"distmat is empty ({nq} queries x {ng} gallery items)")
     labels = _check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
     blocks = _distmat_blocks(distmat, _rows_per_block(ng, block_rows))
-    return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, {})
+    return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, {}, threads)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -460,7 +497,7 @@ def _as_features(x: Any, name: str, device: torch.device) -> torch.Tensor:
     return t
 
 
-def feature_distance_blocks(
+def _feature_distance_blocks(
     q_feats: torch.Tensor, g_feats: torch.Tensor, metric: Metric, rows: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Query x gallery distances in float64, one block of `rows` queries at a time.
@@ -495,6 +532,7 @@ def evaluate_reid_features(
     seed: int = 0,
     unmatched: Unmatched | None = None,
     block_rows: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """`evaluate_reid` straight from features, without ever holding the full distance matrix.
 
@@ -513,6 +551,6 @@ def evaluate_reid_features(
     if q.shape[0] == 0 or g.shape[0] == 0:
         raise ValueError(f"no features to evaluate ({q.shape[0]} queries, {g.shape[0]} gallery items)")
     labels = _check_labels(q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids)
-    blocks = feature_distance_blocks(q, g, metric, _rows_per_block(g.shape[0], block_rows))
+    blocks = _feature_distance_blocks(q, g, metric, _rows_per_block(g.shape[0], block_rows))
     extra = {"distance": f"{metric} (float64)", "device": dev.type}
-    return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, extra)
+    return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, extra, threads)

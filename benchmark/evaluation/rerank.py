@@ -132,11 +132,13 @@ def _neighbours_and_original(
     rows_per_block = max(1, block_bytes // (num_all * feats.element_size()))
     ranks = np.empty((num_all, num_neighbours), dtype=np.int64)
     row_max = np.empty(num_all, dtype=np.float64)
+    buffer = feats.new_empty((min(rows_per_block, num_all), num_all))  # reused: no page faults
     for start in range(0, num_all, rows_per_block):
         stop = min(start + rows_per_block, num_all)
         # |y|^2 - 2<x, y>: the row's own |x|^2 is a constant shift of the row, so it changes
         # neither the ranking nor the arg-max; it is added back where values are needed
-        block = torch.addmm(sq_norms[None, :], feats[start:stop], feats.T, alpha=-2)
+        block = buffer[: stop - start]
+        torch.addmm(sq_norms[None, :], feats[start:stop], feats.T, alpha=-2, out=block)
         block_max = (block.max(dim=1).values + sq_norms[start:stop]).clamp_(min=0)
         ranks[start:stop] = torch.topk(
             block, num_neighbours, dim=1, largest=False, sorted=True
@@ -147,7 +149,6 @@ def _neighbours_and_original(
             dist = block[: q_stop - start, num_query:].add_(sq_norms[start:q_stop, None]).clamp_(min=0)
             dist *= (lambda_value / block_max[: q_stop - start])[:, None]
             out[start:q_stop] = dist.to(torch.float32).cpu().numpy()
-        del block
     return ranks, row_max
 
 

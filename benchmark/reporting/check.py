@@ -190,6 +190,17 @@ def check_records(cells: Iterable[ReferenceCell],
     return [check_cell(cell, records) for cell in cells]
 
 
+def uncovered_cells(cells: Iterable[ReferenceCell],
+                    records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Finished (method, dataset, profile) cells of the results that no reference cell names: not
+    an error (nothing to compare them with), but worth a note, e.g. a method added to the suite
+    after the reference was written."""
+    named = {(c.method, c.dataset, c.profile) for c in cells}
+    found = sorted({(r["method"], r["dataset"], r["profile"]) for r in records
+                    if r.get("status") == FINISHED} - named)
+    return [f"{m} on {d} ({p})" for m, d, p in found]
+
+
 # -- writing a reference ----------------------------------------------------------------------------
 def _toml_value(value: Any) -> str:
     if isinstance(value, str):
@@ -234,10 +245,10 @@ def write_reference(records: Sequence[Mapping[str, Any]], path: str | os.PathLik
     header = [
         "# Tolerance reference for `python -m benchmark check` (see benchmark/reporting/check.py).",
         f"# Regenerate: python -m benchmark run --all --profile {profiles} --seeds {seeds} --out DIR",
-        f"#   && python -m benchmark check --results DIR --write-reference FILE "
-        f"--tolerance-default {tolerance_default}",
-        "# Values are means over the listed seeds (fractions); tolerance (absolute) = "
-        f"{tolerance_default} for mAP and NMI, 1.5 x that for R1, R5, R10, mINP, ACC, ARI.",
+        (f"#   && python -m benchmark check --results DIR --write-reference FILE "
+         f"--tolerance-default {tolerance_default}"),
+        ("# Values are means over the listed seeds (fractions); tolerance (absolute) = "
+         f"{tolerance_default} for mAP and NMI, 1.5 x that for R1, R5, R10, mINP, ACC, ARI."),
         "",
     ]
     body = []

@@ -32,14 +32,18 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from benchmark.reporting.claims import load_claims
-from benchmark.reporting.plots import plot_claims_scatter, plot_cmc, plot_pseudo_label_quality
+from benchmark.reporting.plots import (
+    plot_claims_scatter,
+    plot_cmc,
+    plot_pseudo_label_quality,
+)
 from benchmark.reporting.results import (
     ResultsError,
     aggregate,
@@ -122,7 +126,7 @@ def _claim_source(row: Any) -> str:
 
 # -- building ---------------------------------------------------------------------------------------
 def _distinct(values: Iterable[Any]) -> str:
-    seen = [str(v) for v in dict.fromkeys(v for v in values if v is not None and v == v)]
+    seen = [str(v) for v in dict.fromkeys(v for v in values if not pd.isna(v))]
     return ", ".join(seen) if seen else "unknown"
 
 
@@ -336,12 +340,12 @@ def long_frame(tables: Sequence[Table]) -> pd.DataFrame:
 
 
 def _intro(results: Path) -> list[str]:
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     return [
         f"Generated {stamp} from the result records under {results}.",
-        "Metrics in percent. A cell is the mean ± sample standard deviation (ddof = 1) over the "
+        ("Metrics in percent. A cell is the mean ± sample standard deviation (ddof = 1) over the "
         "finished seeds, n = number of seeds. Each table is one dataset under one profile; "
-        "profiles differ in scale and are never mixed.",
+        "profiles differ in scale and are never mixed."),
     ]
 
 

@@ -51,8 +51,7 @@ def find_record_files(results: str | os.PathLike[str]) -> list[Path]:
 
 
 def _check_location(path: Path, record: Mapping[str, Any]) -> None:
-    seed_dir, profile_dir, method_dir, dataset_dir = path.parents[0], path.parents[1], \
-        path.parents[2], path.parents[3]
+    seed_dir, profile_dir, method_dir, dataset_dir = path.parents[:4]
     expected = {"dataset": dataset_dir.name, "method": method_dir.name,
                 "profile": profile_dir.name, "seed": seed_dir.name.removeprefix("seed")}
     missing = [k for k in CELL_KEYS if k not in record]

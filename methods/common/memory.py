@@ -24,19 +24,21 @@ def cluster_means(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             f"features (N, D) and labels (N,) expected, got {tuple(features.shape)} and "
             f"{tuple(labels.shape)}"
         )
-    labels = labels.to(features.device).long()
+    # Summed on the CPU: CUDA's index_add_ accumulates with atomics, in no fixed order.
+    device = features.device
+    labels, features = labels.detach().cpu().long(), features.detach().cpu()
     keep = labels >= 0
     if not bool(keep.any()):
         raise ValueError("no labelled feature: every label is -1")
     labels, features = labels[keep], features[keep]
     num = int(labels.max()) + 1
-    sums = torch.zeros(num, features.shape[1], dtype=features.dtype, device=features.device)
+    sums = torch.zeros(num, features.shape[1], dtype=features.dtype)
     sums.index_add_(0, labels, features)
     counts = torch.bincount(labels, minlength=num)
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).flatten()[:5].tolist()
         raise ValueError(f"labels must be 0..{num - 1} without gaps; no member for {empty}")
-    return sums / counts.unsqueeze(1).to(features.dtype)
+    return (sums / counts.unsqueeze(1).to(features.dtype)).to(device)
 
 
 def _occurrence_rank(slots: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""Bottom-up cluster merging, the pseudo-labelling step of BUC (Lin et al., AAAI 2019) and the methods
-built on it (similarity guidance: an individual-group distance; FGU: minimum / maximum / centroid
-linkage).
+"""Bottom-up cluster merging, the pseudo-labelling step of BUC (Lin et al., AAAI 2019) and the
+methods built on it (similarity guidance: an individual-group distance; FGU: minimum / maximum /
+centroid linkage).
 
 Why these pieces are separate: the family shares one procedure and differs in one place. Every image
 starts as its own cluster; after some training, a merge step joins the n closest pairs of current
@@ -10,10 +10,10 @@ on. What "closest" means is the part each paper changes. So the dissimilarity be
 diversity term lambda * (|A| + |B|)), the count rule (`merges_per_step`, `cluster_count`) and the
 epoch layout of a merging run (`MergeSchedule`) are written once each and composed by the adapters.
 
-The merge rule: candidate pairs (i < j) are ranked by dissimilarity plus the diversity term, computed
-once per step from the cluster sizes at the start of the step (as BUC does), ties broken by the lower
-pair index; a union-find walks the ranking and skips pairs whose clusters are already joined, so a
-step performs exactly n merges (one merge = two current groups become one), never more.
+The merge rule: candidate pairs (i < j) are ranked by dissimilarity plus the diversity term,
+computed once per step from the cluster sizes at the start of the step (as BUC does), ties broken by
+the lower pair index; a union-find walks the ranking and skips pairs whose clusters are already
+joined, so a step performs exactly n merges (one merge = two current groups become one), never more.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ _REDUCE: dict[str, tuple[np.ufunc, float]] = {
 
 
 # -- labels and counts ----------------------------------------------------------------------------
-def check_labels(labels: np.ndarray, n_samples: int | None = None, name: str = "labels") -> np.ndarray:
+def check_labels(
+    labels: np.ndarray, n_samples: int | None = None, name: str = "labels"
+) -> np.ndarray:
     """`labels` as a 1-D int64 array of cluster ids 0..C-1, every id used (no outliers, no gaps).
 
     Raises ValueError naming what is wrong."""
@@ -83,7 +85,8 @@ def merges_per_step(n_samples: int, merge_fraction: float) -> int:
     n = int(n_samples * merge_fraction)
     if n < 1:
         raise ValueError(
-            f"merge_fraction {merge_fraction} of {n_samples} samples is less than one merge per step"
+            f"merge_fraction {merge_fraction} of {n_samples} samples is less than one merge per "
+            "step"
         )
     return n
 
@@ -95,8 +98,9 @@ def cluster_count(n_samples: int, merge_fraction: float, step: int) -> int:
     count = n_samples - step * merges_per_step(n_samples, merge_fraction)
     if count < 1:
         raise ValueError(
-            f"{step} merge steps of {merges_per_step(n_samples, merge_fraction)} merges would leave "
-            f"{count} clusters of {n_samples} samples; use fewer steps or a smaller merge fraction"
+            f"{step} merge steps of {merges_per_step(n_samples, merge_fraction)} merges would "
+            f"leave {count} clusters of {n_samples} samples; use fewer steps or a smaller merge "
+            "fraction"
         )
     return count
 
@@ -172,7 +176,9 @@ def _check_matrix(cluster_dist: np.ndarray, num: int | None = None) -> np.ndarra
     """`cluster_dist` as a square float64 matrix (C x C when `num` = C is given)."""
     dist = np.asarray(cluster_dist, dtype=np.float64)
     if dist.ndim != 2 or dist.shape[0] != dist.shape[1] or dist.shape[0] == 0:
-        raise ValueError(f"cluster_dist: expected a non-empty square matrix, got shape {dist.shape}")
+        raise ValueError(
+            f"cluster_dist: expected a non-empty square matrix, got shape {dist.shape}"
+        )
     if num is not None and dist.shape[0] != num:
         raise ValueError(
             f"cluster_dist: expected a {num} x {num} matrix for {num} clusters, got {dist.shape}"
@@ -267,13 +273,15 @@ def select_merges(
 
 
 def apply_merges(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Labels after joining the given cluster pairs: 0..C'-1, numbered by the smallest old id in each
-    new cluster (so the order of clusters is kept)."""
+    """Labels after joining the given cluster pairs: 0..C'-1, numbered by the smallest old id in
+    each new cluster (so the order of clusters is kept)."""
     labels = check_labels(labels)
     num = int(labels.max()) + 1
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if pairs.size and (pairs.min() < 0 or pairs.max() >= num):
-        raise ValueError(f"pairs: cluster ids must lie in [0, {num}), got {pairs.min()}..{pairs.max()}")
+        raise ValueError(
+            f"pairs: cluster ids must lie in [0, {num}), got {pairs.min()}..{pairs.max()}"
+        )
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(num, num))
     _, component = connected_components(graph, directed=False)
     first = np.full(component.max() + 1, num, dtype=np.int64)
