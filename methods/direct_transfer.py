@@ -8,7 +8,7 @@ initialisation in the quick / ci profiles, seeded from the run, so the floor is 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -40,7 +40,7 @@ class DirectTransfer(MethodAdapter):
     )
     tasks = ("reid", "clustering")
     uses_camera_ids = False
-    defaults: dict[str, Any] = {"pooling": "avg", "last_stride": 2}
+    defaults: ClassVar[dict[str, Any]] = {"pooling": "avg", "last_stride": 2}
 
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> nn.Module:
         encoder = run_backbone(ctx, last_stride=int(config["last_stride"]),

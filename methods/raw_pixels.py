@@ -7,7 +7,7 @@ so that k-means sees the pixel values themselves (in [0, 1]), flattened.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ class RawPixels(MethodAdapter):
     )
     tasks = ("clustering",)
     uses_camera_ids = False
-    defaults: dict[str, Any] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> nn.Module:
         return RawPixelEncoder().to(ctx.device).eval()

@@ -225,6 +225,12 @@ def test_resnet50_without_weights_names_where_it_looked(tmp_path):
         missing = tmp_path / "nope.pth"
         with pytest.raises(BackboneWeightsError, match=str(missing)):
             build_backbone("resnet50", pretrained=True, weights=missing)
+        corrupt = tmp_path / "corrupt.pth"
+        corrupt.write_bytes(b"not a checkpoint")
+        with pytest.raises(BackboneWeightsError, match="cannot read weights file .*corrupt.pth"):
+            build_backbone("resnet50", pretrained=True, weights=corrupt)
+        with pytest.raises(ValueError, match="unknown backbone"):
+            build_backbone("vgg", pretrained=False)
     finally:
         torch.hub.set_dir(previous)
 

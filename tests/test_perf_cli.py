@@ -53,8 +53,14 @@ def test_perf_command_small_scale(monkeypatch, capsys):
     assert report["exact"] is True and report["seed"] == 1
     assert report["machine"]["cpus"] >= 1 and len(report["machine"]["load_average_1min"]) == 2
     rows = report["rows"]
-    assert {(r["task"], r["scale"]) for r in rows} == {("evaluation", "small"), ("re-ranking", "small")}
+    pseudo = {f"pseudo-labels ({phase})" for phase in ("kNN", "Jaccard", "DBSCAN", "total")}
+    assert {(r["task"], r["scale"]) for r in rows} == {
+        (task, "small") for task in {"evaluation", "re-ranking", *pseudo}
+    }
     for r in rows:
+        if r["task"].startswith("pseudo-labels"):  # per-phase rows carry times only
+            assert r["ours_seconds"] > 0 and r["reference_seconds"] > 0
+            continue
         assert r["ours_seconds"] > 0 and r["ours_peak_gib"] > 0 and r["ours_cpu_seconds"] > 0
         assert r["reference_seconds"] > 0 and r["reference_cpu_seconds"] > 0
         assert r["ratio"] == pytest.approx(r["ours_seconds"] / r["reference_seconds"])
@@ -65,6 +71,8 @@ def test_perf_command_small_scale(monkeypatch, capsys):
     table = perf.format_table([perf.Row(**r) for r in rows])  # what the command prints without --json
     assert table.splitlines()[0].split()[:3] == ["task", "scale", "reference"]
     assert "dense re-ranking" in table and "classic per-query evaluator" in table
+    total = next(r for r in rows if r["task"] == "pseudo-labels (total)")
+    assert total["max_metric_diff"] <= 1e-3  # 1 - ARI between ours and the direct reference
 
 
 def test_a_job_runs_in_a_fresh_process_with_its_own_peak():

@@ -215,7 +215,8 @@ def _row(task: str, scale: str, reference: str, size: str, ours: float | None, r
         "reference_size": size if ref is not None else "", "ours_seconds": ours,
         "reference_seconds": ref, "ratio": None if ref is None or ours is None else ours / ref,
         "ours_peak_gib": None, "reference_peak_gib": None, "max_metric_diff": None,
-        "max_distance_diff": None, "target": "", "target_met": None, "note": "",
+        "max_distance_diff": None, "ours_cpu_seconds": None, "reference_cpu_seconds": None,
+        "target": "", "target_met": None, "note": "",
     }
     row.update(extra)
     return row
@@ -268,6 +269,7 @@ def rows_for_scale(
         "direct dense reference" if ref else "(ours alone; a dense reference needs N x N matrices)",
         size, ours["total"], ref["total"] if ref else None,
         ours_peak_gib=ours["peak_gib"], reference_peak_gib=ref["peak_gib"] if ref else None,
+        ours_cpu_seconds=ours["cpu"], reference_cpu_seconds=ref["cpu"] if ref else None,
     )
     notes = [
         setting,

@@ -412,7 +412,8 @@ table.lb { border-collapse: collapse; margin: .8rem 0; font-size: .88rem; }
 table.lb th, table.lb td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: right;
                            white-space: nowrap; }
 table.lb th { background: #f6f8fa; } table.lb tr:nth-child(even) td { background: #fbfcfd; }
-table.lb td:first-child, table.lb td:last-child { text-align: left; }
+table.lb td:first-child, table.lb td:last-child, table.lb th:first-child,
+table.lb th:last-child { text-align: left; }
 table.lb td:last-child { white-space: normal; min-width: 14rem; }
 .scroll { overflow-x: auto; }
 dl.prov { display: grid; grid-template-columns: max-content 1fr; gap: .1rem 1rem; font-size: .85rem; }

@@ -9,6 +9,7 @@ family) and a backbone alone is already an encoder (the direct-transfer baseline
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,7 +148,8 @@ def find_resnet50_weights(weights: str | Path | None) -> Path:
 def _load_resnet50_state(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable, truncated, or not a tensor file
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        # unreadable, truncated, not a tensor file, or holding objects weights_only refuses
         raise BackboneWeightsError(f"resnet50: cannot read weights file {path}: {exc}") from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
@@ -226,7 +228,7 @@ def forked_torch_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[
         yield
 
 
-def run_backbone(ctx: "RunContext", *, last_stride: int = 2, pooling: str = "avg") -> nn.Module:
+def run_backbone(ctx: RunContext, *, last_stride: int = 2, pooling: str = "avg") -> nn.Module:
     """The run profile's backbone (`ctx.profile.backbone`, pretrained per profile from
     `ctx.weights` or the hub cache), randomly initialised parts seeded from `ctx.torch_generator`,
     on `ctx.device`."""

@@ -93,7 +93,7 @@ class ClusterMemory(nn.Module):
     @classmethod
     def from_features(
         cls, features: torch.Tensor, labels: torch.Tensor, **kwargs
-    ) -> "ClusterMemory":
+    ) -> ClusterMemory:
         """Centroids initialised from the (normalised) cluster means of `features`."""
         return cls(cluster_means(features, labels), **kwargs)
 
