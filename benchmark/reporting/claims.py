@@ -135,10 +135,10 @@ def _entry_problems(raw: Mapping[str, Any], cards: Mapping[str, ProtocolCard],
         elif source == raw["dataset"]:
             problems.append(f"UDA source {source!r} is the target dataset itself")
 
-    if papers_dir is not None and raw["paper"].strip():
+    if raw["paper"].strip():
         if Path(raw["paper"]).name != raw["paper"]:
-            problems.append(f"paper {raw['paper']!r} must be a file name in {papers_dir}")
-        elif not (papers_dir / raw["paper"]).is_file():
+            problems.append(f"paper {raw['paper']!r} must be a file name in the papers folder")
+        elif papers_dir is not None and not (papers_dir / raw["paper"]).is_file():
             problems.append(f"paper file {raw['paper']!r} does not exist in {papers_dir}")
     return problems
 
