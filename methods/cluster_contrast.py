@@ -63,7 +63,7 @@ class ClusterContrast(EpochMethod):
       does not use; it is off (0) in every profile and exists for tuning on data with strong
       camera colour shifts.
     - quick / ci profiles: a small ResNet trained from scratch (no pretrained weights) on 64x32 /
-      32x16 inputs, batches of 16 / 8 pseudo identities x 4 images, 8 / 2 epochs of 20 / 4
+      32x16 inputs, batches of 16 / 8 pseudo identities x 4 images, 8 / 2 epochs of 40 / 4
       iterations, padding scaled with the input size, lr 1e-3 with the step decay scaled to the
       shorter schedule, and DBSCAN eps 0.5 (eps 0.6 on an untrained network's features puts most
       of the data into a few mixed clusters).
@@ -108,7 +108,7 @@ class ClusterContrast(EpochMethod):
     }
     profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {
-            "epochs": 8, "iters": 20, "batch_size": 64, "num_instances": 4, "lr": 1e-3,
+            "epochs": 8, "iters": 40, "batch_size": 64, "num_instances": 4, "lr": 1e-3,
             "step_size": 5, "pad": 3, "eps": 0.5,
         },
         "ci": {
