@@ -210,6 +210,8 @@ def _print_cell(record: dict, record_file: Path) -> None:
         if metrics.get(k) is not None
     )
     note = " [synthetic data]" if (record.get("dataset_facts") or {}).get("synthetic") else ""
+    if record.get("skipped"):
+        note += " (finished earlier: not re-run; --force re-runs it)"
     print(f"{where}: {shown} (%){note}")
     tracking = record.get("tracking") or {}
     print(f"record: {record_file}; MLflow: {tracking.get('status')}"
@@ -271,7 +273,9 @@ def _cmd_methods_list(args: argparse.Namespace) -> int:
     print(f"{'name':<24} {'tasks':<17} {'camera ids':<11} paper")
     for r in rows:
         paper = r["paper"] or {}
-        cite = f"{paper.get('title', '')} ({paper.get('venue', '')} {paper.get('year') or ''})".strip()
+        venue, year = paper.get("venue") or "", str(paper.get("year") or "")
+        where = venue if year in venue else f"{venue} {year}".strip()
+        cite = f"{paper.get('title', '')} ({where})"
         print(f"{r['name']:<24} {','.join(r['tasks']):<17} {str(r['uses_camera_ids']).lower():<11} {cite}")
     return 0
 
@@ -339,6 +343,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from benchmark.data.errors import DatasetError
+    from benchmark.engine.contract import ConfigError
+    from benchmark.tuning.study import spec_from, sweep
+
+    try:
+        params = _read_params(args.params) if args.params else None
+        spec = spec_from(args, params)
+        summary = sweep(spec, jobs=args.jobs)
+    except (ValueError, ConfigError, DatasetError, FileNotFoundError) as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+        print(f"study {summary['study']} ({summary['storage']}): {counts}")
+        best = summary["best"]
+        if best:
+            print(f"best: trial {best['trial']}, {summary['objective']} {best['value']:.4f}, "
+                  f"params {best['params']}")
+            print(f"best parameters: {summary['best_params_file']} (use with `run --params`)")
+    if not summary["best"]:
+        print("sweep: no trial completed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark",
@@ -400,6 +432,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help=root_help)
     p.add_argument("--force", action="store_true", help="re-run finished cells from scratch")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "sweep", help="Optuna TPE sweep of a method's search space on a validation split",
+        description="Tune a method's search space with Optuna (TPE, MedianPruner on the per-epoch "
+        "validation metric). The objective (re-ID mAP, clustering ACC) is measured on a validation "
+        "split carved from the training data (held-out training identities / images), never on the "
+        "test split. Writes <out>/sweeps/<study>/{best_params.json,trials.csv,summary.json}; "
+        "best_params.json is accepted by `run --params`. Each trial is a nested MLflow run under "
+        "the study's run. Storage: SQLite in <out>/sweeps/optuna.db by default; give a shared "
+        "PostgreSQL URL with --storage and start the same command on each machine to share a "
+        "study.",
+    )
+    p.add_argument("--method", required=True, help="registered key or package.module:Class")
+    p.add_argument("--dataset", required=True, help="dataset key (see `datasets list`)")
+    p.add_argument("--profile", choices=["paper", "quick", "ci"], default="quick")
+    p.add_argument("--trials", type=int, required=True,
+                   help="trials in the study, counted over every worker (a retried trial once)")
+    p.add_argument("--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--storage",
+                   help="Optuna storage URL, e.g. postgresql://user:pass@host/db (default: "
+                   "sqlite:///<out>/sweeps/optuna.db)")
+    p.add_argument("--study-name",
+                   help="default: <method>-<dataset>-<profile>-seed<seed>; workers joining one "
+                   "study must give the same name and the same method, dataset, profile and seed")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed of every trial, validation split and sampler (default 0)")
+    p.add_argument("--params", help="JSON or TOML file of fixed config overrides")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of training identities (re-ID) or images (clustering) held out "
+                   "(default 0.2)")
+    p.add_argument("--heartbeat-interval", type=int, default=60,
+                   help="seconds between a running trial's heartbeats (default 60)")
+    p.add_argument("--grace-period", type=int,
+                   help="seconds without heartbeat before a trial counts as dead and is failed "
+                   "(default: twice the interval)")
+    p.add_argument("--max-retry", type=int, default=1,
+                   help="times a dead worker's trial is retried (default 1)")
+    p.add_argument("--worker-index", type=int, default=0,
+                   help="seeds this command's sampler(s): give each machine joining one study its "
+                   "own index (0, 1, ...), or their samplers propose the same first points")
+    p.add_argument("--out", default="results", help="results folder (default ./results)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: CUDA when available)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default as for `run`)")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
+    p.add_argument("--root", help=root_help)
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_cmd_sweep)
 
     ms = sub.add_parser("methods", help="the registered method adapters")
     ms_sub = ms.add_subparsers(dest="methods_command", required=True)

@@ -211,3 +211,24 @@ class CameraLabelSnoop(LabelSnoop):
 
     key = "camera-label-snoop"
     uses_camera_ids = True
+
+
+class TunableProbe(ProbeMethod):
+    """ProbeMethod with a search space, for sweeps; fails when lr exceeds `fail_above_lr`.
+
+    Deviations:
+    - not a published method: a probe of sweeps
+    """
+
+    key = "tunable-probe"
+    defaults: ClassVar[dict[str, Any]] = {**ProbeMethod.defaults, "fail_above_lr": 1.0}
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {"lr": trial.suggest_float("lr", 0.01, 0.1, log=True),
+                "k": trial.suggest_int("k", 3, 8)}
+
+    def setup(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> None:
+        if config["lr"] > config["fail_above_lr"]:
+            raise RuntimeError(f"probe failure: lr {config['lr']} > {config['fail_above_lr']}")
+        super().setup(view, config, ctx)

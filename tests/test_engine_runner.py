@@ -106,12 +106,13 @@ def test_pseudo_label_quality_is_scored_against_the_hidden_labels(probe_record):
 def test_finished_cell_is_skipped_unless_forced(probe_record):
     out, record = probe_record
     again = run_cell(PROBE, "digits", 0, "ci", out, "cpu", params=FAST, tracking=False, log=None)
-    assert again["record_id"] == record["record_id"]
+    assert again["record_id"] == record["record_id"] and again["skipped"] is True
     forced = run_cell(PROBE, "digits", 0, "ci", out, "cpu", params=FAST, tracking=False, log=None,
                       force=True)
     assert forced["record_id"] != record["record_id"]
     assert forced["resumed_from_epoch"] is None  # --force starts from scratch, not from checkpoints
-    assert forced["metrics"] == record["metrics"]
+    assert forced["metrics"] == record["metrics"]  # same seed, same numbers to the bit
+    assert forced["history"] == record["history"]
 
 
 def test_failed_cell_writes_a_failed_record(tmp_path):

@@ -52,6 +52,7 @@ def closed_port() -> int:
 def test_one_run_per_cell_with_params_epoch_and_final_metrics(suite):
     out, records = suite
     assert [r["status"] for r in records] == [FINISHED, FINISHED]
+    assert records[0]["metrics"] != records[1]["metrics"]  # another seed, other numbers
     client = _client(out)
     runs = _runs(client)
     assert len(runs) == 2

@@ -19,6 +19,9 @@ class Profile:
     eval_batch_size: int
     num_workers: int
     description: str
+    # CPU threads torch uses; None leaves torch's default. CPU float sums depend on how work is split
+    # between threads, so a fixed count makes quick/ci numbers the same on every machine.
+    cpu_threads: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +48,7 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=256,
         num_workers=0,
         description="small backbone, small images, few epochs: minutes on a laptop CPU",
+        cpu_threads=1,
     ),
     "ci": Profile(
         name="ci",
@@ -55,6 +59,7 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=256,
         num_workers=0,
         description="smaller still, for CI",
+        cpu_threads=1,
     ),
 }
 

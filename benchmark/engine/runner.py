@@ -46,6 +46,7 @@ from benchmark.engine.records import (
 )
 from benchmark.engine.seeding import (
     collect_nondeterministic_ops,
+    cpu_threads,
     seed_everything,
     silent_nondeterministic_modules,
 )
@@ -244,7 +245,8 @@ def run_cell(
     tracking: bool = True,
     log: Log | None = _stderr,
 ) -> dict[str, Any]:
-    """Run one cell and return its record (the existing one when the cell already finished).
+    """Run one cell and return its record (the existing one, marked `"skipped": True`, when the
+    cell already finished and `force` is not set).
 
     Raises for bad input (unknown method, dataset or parameter, a method that does not support the
     dataset's task, a dataset that is not present); a failure while training or evaluating is
@@ -278,73 +280,75 @@ def run_cell(
         if existing.get("status") == FINISHED:
             if uri and (cell / PENDING_NAME).is_file():
                 log_cell(existing, cell, uri, out)  # an earlier tracking failure: push it now
-            return existing
+            return {**existing, "skipped": True}
 
-    prefix = f"[{cls.key} {dataset} {prof.name} seed{seed}] "
-    started, t0 = now(), time.perf_counter()
-    seeding = seed_everything(seed, deterministic=True, device=dev)
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "record_id": uuid.uuid4().hex,
-        "method": cls.key,
-        "method_ref": ref,
-        "dataset": dataset,
-        "seed": seed,
-        "profile": prof.name,
-        "status": "running",
-        "paper": asdict(cls.paper) if cls.paper else None,
-        "tasks": list(cls.tasks),
-        "uses_camera_ids": cls.uses_camera_ids,
-        "deviations": cls.deviations(),
-        "params": dict(params or {}),
-        "config": config,
-        "profile_settings": prof.as_dict(),
-        "weights": str(weights_path) if weights_path else None,
-        "seeding": seeding,
-        "environment": environment(dev),
-        "started_at": started,
-    }
-    encoder: nn.Module | None = None
-    warned: list[str] = []
-    sink = HistorySink(prefix, log)
-    try:
-        data = load_dataset(dataset, root)
-        record["dataset_facts"] = _dataset_facts(card, data)
-        view, hidden = build_view(data, cls, seed)
-        ctx = make_context(
-            device=dev, seed=seed, profile=prof, dataset=dataset, task=card.kind,
-            checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
-        )
-        resumed = _latest_checkpoint_epoch(cell / CHECKPOINTS)
-        record["resumed_from_epoch"] = resumed
-        trained = fit_cell(adapter, view, hidden, config, ctx)
-        encoder, warned = trained.encoder, trained.nondeterministic_ops
-        record["train_time_s"] = sink.elapsed_s()
-        record["history"] = trained.history
-        del view, hidden
-        if log is not None:
-            log(f"{prefix}evaluating")
-        metrics, protocol = evaluate_encoder(encoder, data, profile=prof, device=dev, seed=seed)
-        if any("pseudo_labels" in row for row in trained.history):
-            protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
-        record.update(status=FINISHED, metrics=metrics, protocol=protocol)
-    except Exception as exc:  # the record says what failed; the suite goes on
-        record.update(
-            status=FAILED,
-            error={"type": type(exc).__name__, "message": str(exc),
-                   "traceback": traceback.format_exc()},
-            history=record.get("history") or _partial_history(sink),
-        )
-        if log is not None:
-            log(f"{prefix}FAILED: {type(exc).__name__}: {exc}")
-    record["nondeterministic_ops"] = _nondeterministic(cls, dev, warned, encoder)
-    record["finished_at"] = now()
-    record["wall_time_s"] = time.perf_counter() - t0
-    record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
-    write_record(path, record)  # the record first: tracking can only add to it
-    if uri:
-        log_cell(record, cell, uri, out)
-    return record
+    threads = prof.cpu_threads if dev.type == "cpu" else None
+    with cpu_threads(threads):
+        prefix = f"[{cls.key} {dataset} {prof.name} seed{seed}] "
+        started, t0 = now(), time.perf_counter()
+        seeding = seed_everything(seed, deterministic=True, device=dev)
+        record: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "record_id": uuid.uuid4().hex,
+            "method": cls.key,
+            "method_ref": ref,
+            "dataset": dataset,
+            "seed": seed,
+            "profile": prof.name,
+            "status": "running",
+            "paper": asdict(cls.paper) if cls.paper else None,
+            "tasks": list(cls.tasks),
+            "uses_camera_ids": cls.uses_camera_ids,
+            "deviations": cls.deviations(),
+            "params": dict(params or {}),
+            "config": config,
+            "profile_settings": prof.as_dict(),
+            "weights": str(weights_path) if weights_path else None,
+            "seeding": seeding,
+            "environment": environment(dev),
+            "started_at": started,
+        }
+        encoder: nn.Module | None = None
+        warned: list[str] = []
+        sink = HistorySink(prefix, log)
+        try:
+            data = load_dataset(dataset, root)
+            record["dataset_facts"] = _dataset_facts(card, data)
+            view, hidden = build_view(data, cls, seed)
+            ctx = make_context(
+                device=dev, seed=seed, profile=prof, dataset=dataset, task=card.kind,
+                checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
+            )
+            resumed = _latest_checkpoint_epoch(cell / CHECKPOINTS)
+            record["resumed_from_epoch"] = resumed
+            trained = fit_cell(adapter, view, hidden, config, ctx)
+            encoder, warned = trained.encoder, trained.nondeterministic_ops
+            record["train_time_s"] = sink.elapsed_s()
+            record["history"] = trained.history
+            del view, hidden
+            if log is not None:
+                log(f"{prefix}evaluating")
+            metrics, protocol = evaluate_encoder(encoder, data, profile=prof, device=dev, seed=seed)
+            if any("pseudo_labels" in row for row in trained.history):
+                protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
+            record.update(status=FINISHED, metrics=metrics, protocol=protocol)
+        except Exception as exc:  # the record says what failed; the suite goes on
+            record.update(
+                status=FAILED,
+                error={"type": type(exc).__name__, "message": str(exc),
+                       "traceback": traceback.format_exc()},
+                history=record.get("history") or _partial_history(sink),
+            )
+            if log is not None:
+                log(f"{prefix}FAILED: {type(exc).__name__}: {exc}")
+        record["nondeterministic_ops"] = _nondeterministic(cls, dev, warned, encoder)
+        record["finished_at"] = now()
+        record["wall_time_s"] = time.perf_counter() - t0
+        record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
+        write_record(path, record)  # the record first: tracking can only add to it
+        if uri:
+            log_cell(record, cell, uri, out)
+        return record
 
 
 def _partial_history(sink: HistorySink) -> list[dict[str, Any]]:
@@ -413,7 +417,6 @@ def run_all(
     for dataset, method, seed in bar:
         bar.set_postfix_str(f"{method} on {dataset} seed {seed}")
         cell = cell_dir(out, dataset, get_method(method).key, profile, seed)
-        finished_before = (not force) and record_path(cell).is_file() and _finished(cell)
         try:
             record = run_cell(
                 method, dataset, seed, profile, out, device, tracking_uri, None, weights, force,
@@ -422,17 +425,9 @@ def run_all(
         except Exception as exc:
             record = _failed_setup_record(method, dataset, seed, profile, exc)
             write_record(record_path(cell), record)
-        record = dict(record, skipped=finished_before)
-        records.append(record)
+        records.append({"skipped": False, **record})
     bar.close()
     return records
-
-
-def _finished(cell: Path) -> bool:
-    try:
-        return read_record(record_path(cell)).get("status") == FINISHED
-    except ValueError:
-        return False
 
 
 def _failed_setup_record(

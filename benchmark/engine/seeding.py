@@ -80,6 +80,24 @@ def seed_everything(
 
 
 @contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` torch CPU threads (None: unchanged), then restore the count.
+
+    A CPU reduction splits its work by thread, so the last bits of a sum depend on the thread count:
+    fixing it is what makes a CPU record the same on a 2-core laptop and a 64-core server.
+    """
+    previous = torch.get_num_threads()
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"cpu thread count must be >= 1, got {count}")
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
 def collect_nondeterministic_ops() -> Iterator[list[str]]:
     """Collect the ops torch reports as lacking a deterministic implementation while the block runs.
 

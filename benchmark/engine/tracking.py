@@ -54,15 +54,15 @@ def resolve_tracking_uri(explicit: str | None, out: str | os.PathLike[str]) -> s
     return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
 
-def _is_remote(uri: str) -> bool:
+def is_remote_uri(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
 
-def _quiet(uri: str) -> None:
+def quiet_mlflow(uri: str) -> None:
     """Settings made before MLflow is imported (each only where the user has not set it):
     MLflow's own HTTP retries default to minutes, and the harness does its own short retries;
     no usage telemetry leaves the machine; INFO logs (database migrations) stay out of the way."""
-    if _is_remote(uri):
+    if is_remote_uri(uri):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -147,6 +147,7 @@ def plot_record(record: Mapping[str, Any], folder: Path) -> list[Path]:
     series: dict[str, list[tuple[int, float]]] = {}
     for key, value, step in record_metrics({"history": record.get("history") or []}):
         series.setdefault(key, []).append((step, value))
+    series = {k: v for k, v in series.items() if len({p[1] for p in v}) > 1}  # constants say nothing
     if series:
         fig, axes = plt.subplots(len(series), 1, figsize=(5, 1.8 * len(series)), squeeze=False)
         for ax, (key, points) in zip(axes[:, 0], sorted(series.items())):
@@ -180,7 +181,7 @@ def _experiment_id(client: Any, uri: str, out: Path) -> str:
     if experiment is not None:
         return experiment.experiment_id
     # A local store keeps its artifacts beside it, never in the working directory.
-    location = None if _is_remote(uri) else (out / "mlartifacts").resolve().as_uri()
+    location = None if is_remote_uri(uri) else (out / "mlartifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -236,7 +237,7 @@ def log_cell(
 ) -> dict[str, Any]:
     """Log a written record to MLflow; return the record's new `tracking` block (and update the
     record file with it). Never raises for a tracking failure."""
-    _quiet(uri)
+    quiet_mlflow(uri)
     error = ""
     for attempt in range(1, attempts + 1):
         try:

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps on validation splits carved from training data (never the test split)."""

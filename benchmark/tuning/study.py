@@ -1,0 +1,350 @@
+"""Optuna sweeps: a TPE study per (method, dataset, profile, seed), tuned on a carved validation split.
+
+Why it is built this way:
+- Tuning never sees the test split (`benchmark.tuning.validation`); every trial trains with the same
+  seed, so trials differ by their parameters only.
+- Workers are processes, never threads: each trial seeds torch's global RNGs, which threads would
+  share. `--jobs K` starts K local worker processes on one study; the same command started on other
+  machines with a shared PostgreSQL `--storage` joins the same study.
+- A killed worker's trial is found by its stopped heartbeat, marked FAIL and retried a bounded number
+  of times (Optuna's RetryHeartbeatStaleTrialCallback). A worker keeps starting trials while the study has
+  fewer than `--trials` counted trials (a retry replaces the trial it retries), and before leaving
+  waits until no trial is RUNNING, so that none is left RUNNING when the last worker ends.
+- A trial that raises is recorded as FAIL with its error, and the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+try:  # the name since Optuna 4.9
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
+except ImportError:  # pragma: no cover - older Optuna
+    from optuna.storages import RetryFailedTrialCallback as RetryStale
+from optuna.trial import FixedTrial, TrialState
+
+from benchmark.data.registry import load_dataset
+from benchmark.engine.contract import ConfigError, MethodAdapter
+from benchmark.engine.method_registry import get_method
+from benchmark.engine.profiles import get_profile
+from benchmark.engine.records import jsonable, write_record
+from benchmark.engine.runner import resolve_device
+from benchmark.engine.tracking import is_remote_uri, resolve_tracking_uri
+from benchmark.tuning.objective import Pruned, objective_metric, run_trial
+from benchmark.tuning.tracking import TRIAL_ATTR, SweepTracker
+from benchmark.tuning.validation import DEFAULT_FRACTION, carve_validation
+
+SWEEPS = "sweeps"
+BEST_PARAMS = "best_params.json"
+SUMMARY = "summary.json"
+TRIALS_CSV = "trials.csv"
+FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a worker needs (picklable: workers are spawned processes)."""
+
+    method: str
+    dataset: str
+    profile: str
+    trials: int
+    out: str = "results"
+    seed: int = 0
+    storage: str | None = None
+    study_name: str | None = None
+    device: str | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+    fraction: float = DEFAULT_FRACTION
+    base_params: dict[str, Any] = field(default_factory=dict)
+    heartbeat_interval: int = 60
+    grace_period: int | None = None
+    max_retry: int = 1
+    root: str | None = None
+    worker_index: int = 0  # seeds this process's sampler; workers of one study need different ones
+
+    @property
+    def name(self) -> str:
+        key = get_method(self.method).key
+        return self.study_name or f"{key}-{self.dataset}-{self.profile}-seed{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out) / SWEEPS / self.name
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(Path(self.out) / SWEEPS / 'optuna.db').resolve()}"
+
+
+def public_url(url: str) -> str:
+    """The storage URL without its password, for records and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def make_storage(spec: SweepSpec) -> RDBStorage:
+    url = spec.storage_url
+    if url.startswith(("postgresql://", "postgres://")):  # psycopg 3 is the driver this installs
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_interval,
+            grace_period=spec.grace_period,
+            heartbeat_stale_trial_callback=RetryStale(max_retry=spec.max_retry),
+        )
+
+
+def _identity(spec: SweepSpec, metric: str) -> dict[str, Any]:
+    """What a study is for; a worker whose command differs refuses to join."""
+    return {"method": get_method(spec.method).key, "dataset": spec.dataset,
+            "profile": spec.profile, "seed": spec.seed, "objective": f"validation {metric}",
+            "validation_fraction": spec.fraction, "base_params": jsonable(spec.base_params)}
+
+
+def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.Study:
+    storage = make_storage(spec)
+    # constant_liar: a running trial counts as a bad result, so parallel workers spread out
+    sampler = optuna.samplers.TPESampler(seed=spec.seed * 1000 + worker_index, constant_liar=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    identity = _identity(spec, metric)
+    found = study.user_attrs.get("identity")
+    if found is None:
+        study.set_user_attr("identity", identity)
+    elif found != identity:
+        raise ValueError(
+            f"study {spec.name!r} in {public_url(spec.storage_url)} was made for {found}; this "
+            f"command asks for {identity}: use another --study-name"
+        )
+    return study
+
+
+def check_search_space(cls: type[MethodAdapter]) -> None:
+    try:
+        space = cls.search_space(FixedTrial({}))
+    except ValueError:
+        return  # it suggested something: not empty
+    if not space:
+        raise ValueError(f"method {cls.key} declares no search space: nothing to tune")
+
+
+def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        numbers = [RetryStale.retried_trial_number(t) for t in trials]
+    return {n for n in numbers if n is not None}
+
+
+def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count towards `--trials`: all but WAITING ones and failures that were retried."""
+    retried = _retried(trials)
+    return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in retried)
+
+
+class _Objective:
+    def __init__(self, spec: SweepSpec, cls: type[MethodAdapter], split, tracker: SweepTracker,
+                 parent: str | None, metric: str) -> None:
+        self.spec, self.cls, self.split = spec, cls, split
+        self.tracker, self.parent, self.metric = tracker, parent, metric
+        self.profile = get_profile(spec.profile)
+        self.device = resolve_device(spec.device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        overrides = self.cls.search_space(trial)
+        params = {**spec.base_params, **overrides}
+        trial.set_user_attr("config_overrides", jsonable(overrides))
+        run_id = self.tracker.start_trial(self.parent, trial.number, params)
+        if run_id:
+            trial.set_user_attr(TRIAL_ATTR, run_id)
+        key = f"validation_{self.metric}"
+
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            self.tracker.metric(run_id, key, value, epoch)
+            return trial.should_prune()
+
+        print(f"[{spec.name}] trial {trial.number}: {overrides}", file=sys.stderr, flush=True)
+        try:
+            outcome = run_trial(
+                self.cls, params, self.split, dataset=spec.dataset, profile=self.profile,
+                seed=spec.seed, device=self.device,
+                workdir=spec.folder / "trials" / f"{trial.number}-{os.getpid()}",
+                report=report, log=None,
+            )
+        except Pruned as exc:
+            self.tracker.end(run_id, "PRUNED")
+            print(f"[{spec.name}] trial {trial.number}: pruned after epoch {exc.epoch}",
+                  file=sys.stderr, flush=True)
+            raise optuna.TrialPruned(str(exc)) from None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", error[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            self.tracker.end(run_id, "FAIL", {"benchmark.error": error})
+            print(f"[{spec.name}] trial {trial.number}: FAILED: {error}", file=sys.stderr,
+                  flush=True)
+            raise
+        shown = {k: float(v) for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+        trial.set_user_attr("validation_metrics", shown)
+        for k, v in shown.items():
+            self.tracker.metric(run_id, f"validation_{k}", v, len(outcome.epoch_values))
+        self.tracker.end(run_id, "COMPLETE")
+        print(f"[{spec.name}] trial {trial.number}: validation {self.metric} {outcome.value:.4f}",
+              file=sys.stderr, flush=True)
+        return outcome.value
+
+
+def _prepare(spec: SweepSpec):
+    cls = get_method(spec.method)
+    check_search_space(cls)
+    profile = get_profile(spec.profile)
+    cls(**spec.base_params).resolve_config(spec.dataset, profile.name)  # bad base params: fail now
+    data = load_dataset(spec.dataset, spec.root)
+    if data.kind not in cls.tasks:
+        raise ValueError(f"method {cls.key} supports {', '.join(cls.tasks)}; dataset "
+                         f"{spec.dataset} is {data.kind}")
+    split = carve_validation(data, seed=spec.seed, fraction=spec.fraction)
+    del data  # the test split goes no further
+    return cls, split
+
+
+def _tracker(spec: SweepSpec) -> SweepTracker:
+    if not spec.tracking:
+        return SweepTracker(None)
+    uri = resolve_tracking_uri(spec.tracking_uri, spec.out)
+    location = None if is_remote_uri(uri) else (Path(spec.out) / "mlartifacts").resolve().as_uri()
+    return SweepTracker(uri, location)
+
+
+def work(spec: SweepSpec, worker_index: int | None = None) -> None:
+    """One worker: run trials until the study holds `spec.trials` counted trials, then wait until
+    no trial is RUNNING (failing stale ones), so that every trial ends in a final state."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    worker_index = spec.worker_index if worker_index is None else worker_index
+    cls, split = _prepare(spec)
+    metric = objective_metric(split)
+    study = open_study(spec, metric, worker_index)
+    tracker = _tracker(spec)
+    parent = tracker.parent(study, {**_identity(spec, metric), "validation": split.description,
+                                    "study": spec.name, "storage": public_url(spec.storage_url)})
+    objective = _Objective(spec, cls, split, tracker, parent, metric)
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if waiting or _counted(trials) < spec.trials:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            continue
+        if not any(t.state == TrialState.RUNNING for t in trials):
+            break
+        time.sleep(max(1.0, spec.heartbeat_interval / 2))
+    tracker.close_orphans(study.get_trials(deepcopy=False))
+
+
+def _worker_main(spec: SweepSpec, index: int) -> None:
+    try:
+        work(spec, index)
+    except Exception as exc:
+        print(f"sweep worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
+    """Run the study with `jobs` local worker processes (1: in this process); write the outputs."""
+    if spec.trials < 1 or jobs < 1:
+        raise ValueError("--trials and --jobs must be at least 1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cls, split = _prepare(spec)  # bad input fails here, before any worker starts
+    study = open_study(spec, objective_metric(split), spec.worker_index)
+    del cls, split
+    if jobs == 1:
+        work(spec)
+    else:
+        context = multiprocessing.get_context("spawn")
+        first = spec.worker_index * jobs
+        workers = [context.Process(target=_worker_main, args=(spec, first + i),
+                                   name=f"sweep-worker-{i}") for i in range(jobs)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        codes = [w.exitcode for w in workers]
+        if any(codes):
+            print(f"warning: sweep workers exited with {codes}", file=sys.stderr)
+    return write_outputs(spec, study)
+
+
+def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
+    """best_params.json (for `run --params`), trials.csv and summary.json in the study's folder."""
+    folder = spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    summary: dict[str, Any] = {
+        "study": spec.name,
+        "storage": public_url(spec.storage_url),
+        **study.user_attrs.get("identity", {}),
+        "trials": {k: v for k, v in states.items() if v},
+        "best": None,
+        "best_params_file": None,
+    }
+    if complete:
+        best = study.best_trial
+        params = {**spec.base_params, **best.user_attrs.get("config_overrides", {})}
+        write_record(folder / BEST_PARAMS, params)
+        summary["best"] = {"trial": best.number, "value": best.value,
+                           "validation_metrics": best.user_attrs.get("validation_metrics"),
+                           "params": params}
+        summary["best_params_file"] = str(folder / BEST_PARAMS)
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs",
+                                          "datetime_start", "datetime_complete"))
+    tmp = folder / (TRIALS_CSV + ".tmp")
+    frame.drop(columns=[c for c in frame.columns if c.endswith("traceback")]).to_csv(tmp, index=False)
+    os.replace(tmp, folder / TRIALS_CSV)
+    write_record(folder / SUMMARY, summary)
+    return summary
+
+
+def spec_from(args: Any, base_params: Mapping[str, Any] | None) -> SweepSpec:
+    return SweepSpec(
+        method=args.method, dataset=args.dataset, profile=args.profile, trials=args.trials,
+        out=args.out, seed=args.seed, storage=args.storage, study_name=args.study_name,
+        device=args.device, tracking=not args.no_tracking, tracking_uri=args.tracking_uri,
+        fraction=args.validation_fraction, base_params=dict(base_params or {}),
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+        max_retry=args.max_retry, root=args.root, worker_index=args.worker_index,
+    )
+
+
