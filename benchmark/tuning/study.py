@@ -178,8 +178,8 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
+        overrides = self.cls.search_space(trial)  # first: a retry of this trial repeats the point
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        overrides = self.cls.search_space(trial)
         params = {**spec.base_params, **overrides}
         trial.set_user_attr("config_overrides", jsonable(overrides))
         run_id = self.tracker.start_trial(self.parent, trial.number, params)
