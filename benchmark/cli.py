@@ -226,7 +226,7 @@ def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bo
         records = run_all(
             seeds, args.profile, out, methods=_names(args.methods), datasets=_names(args.datasets),
             device=args.device, tracking_uri=args.tracking_uri, tracking=tracking,
-            weights=args.weights, root=args.root, force=args.force,
+            weights=args.weights, root=args.root, force=args.force, jobs=args.jobs,
         )
         if args.json:
             stdout.write(json.dumps({"records": jsonable(records)}) + "\n")
@@ -414,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true",
                    help="every applicable (method, dataset) pair on the datasets present")
     p.add_argument("--seeds", help="with --all: comma-separated seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --all: cells run at once, each in its own process (default 1); the "
+                   "numbers do not depend on it (quick and ci use one CPU thread per cell)")
     p.add_argument("--methods", help="with --all: only these methods (comma-separated)")
     p.add_argument("--datasets", help="with --all: only these datasets (comma-separated)")
     p.add_argument("--out", default="results", help="results folder (default ./results)")

@@ -128,3 +128,18 @@ def test_replay_does_not_duplicate_a_half_logged_run(suite):
     after = [r for r in _runs(client) if r.data.tags["seed"] == "0"]
     assert len(after) == 1 and after[0].info.run_id not in before
     assert after[0].data.tags["benchmark.record_id"] == record["record_id"]
+
+
+def test_parallel_cells_give_the_same_numbers_and_are_all_logged(suite, tmp_path):
+    out, sequential = suite
+    parallel = run_all([0, 1], "ci", tmp_path, methods=[PROBE], datasets=["digits"],
+                       progress=False, jobs=2)
+    assert [r["status"] for r in parallel] == [FINISHED, FINISHED]
+    assert [r["seed"] for r in parallel] == [r["seed"] for r in sequential]  # cell order kept
+    assert [r["metrics"] for r in parallel] == [r["metrics"] for r in sequential]
+    assert [r["history"] for r in parallel] == [r["history"] for r in sequential]
+    runs = _runs(_client(tmp_path))
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    on_disk = [read_record(record_path(cell_dir(tmp_path, "digits", "engine-probe", "ci", s)))
+               for s in (0, 1)]
+    assert all(r["tracking"]["status"] == "logged" for r in on_disk)

@@ -306,3 +306,18 @@ def test_html_page_renders_in_headless_chromium(written, tmp_path: Path) -> None
     assert pixels.shape == (1000, 1400)
     # a rendered page, not a blank one: dark text on a light background
     assert pixels.mean() > 200 and (pixels < 100).mean() > 0.005
+
+
+def test_ussl_star_rows_get_the_papers_starred_claims_and_ussl_the_plain_ones() -> None:
+    from benchmark.reporting.claims import load_claims
+    from benchmark.reporting.leaderboard import comparable_claims
+
+    claims = load_claims()
+    common = dict(dataset="market1501", profile="paper", backbone="resnet50", pretrained=True,
+                  uses_camera_ids=True, synthetic=False)
+    star = comparable_claims(claims, method="ussl-star", **common)
+    plain = comparable_claims(claims, method="ussl", **common)
+    assert not star.empty and set(star["backbone"]) == {"ResNet-50*"}
+    assert not plain.empty and set(plain["backbone"]) == {"ResNet-50"}
+    mAP = lambda frame: frame[frame["metric"] == "mAP"]["value"].iloc[0]  # noqa: E731
+    assert (mAP(plain), mAP(star)) == (68.7, 82.3)  # Table II as printed

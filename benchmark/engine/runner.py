@@ -403,15 +403,26 @@ def run_all(
     root: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Every applicable cell; finished cells are skipped (their records returned); a cell that
-    raises still yields a failed record and the suite goes on."""
+    raises still yields a failed record and the suite goes on.
+
+    `jobs` > 1 runs that many cells at once, each in its own spawned process: a cell's numbers do
+    not depend on it (every cell seeds itself, and quick / ci fix torch's CPU threads), only the
+    wall time does. MLflow logging then happens here, one cell after another, as cells finish."""
     from tqdm import tqdm
 
     get_profile(profile)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     if weights is not None and not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file")
     cells = applicable_cells(seeds, methods=methods, datasets=datasets, root=root)
+    if jobs > 1 and len(cells) > 1:
+        return _run_parallel(cells, profile, Path(out), device=device, tracking_uri=tracking_uri,
+                             tracking=tracking, weights=weights, root=root, force=force,
+                             progress=progress, jobs=jobs)
     records = []
     bar = tqdm(cells, desc="cells", unit="cell", file=sys.stderr, disable=not progress)
     for dataset, method, seed in bar:
@@ -428,6 +439,58 @@ def run_all(
         records.append({"skipped": False, **record})
     bar.close()
     return records
+
+
+def _cell_in_worker(
+    method: str, dataset: str, seed: int, profile: str, out: str, device: Any,
+    weights: str | Path | None, force: bool, root: str | Path | None,
+) -> dict[str, Any]:
+    """One cell in a worker process: no MLflow here (the parent logs), log lines to stderr."""
+    return run_cell(method, dataset, seed, profile, out, device, None, None, weights, force,
+                    root=root, tracking=False)
+
+
+def _run_parallel(
+    cells: list[tuple[str, str, int]], profile: str, out: Path, *, device: Any,
+    tracking_uri: str | None, tracking: bool, weights: str | Path | None,
+    root: str | Path | None, force: bool, progress: bool, jobs: int,
+) -> list[dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", file=sys.stderr, disable=not progress)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(_cell_in_worker, method, dataset, seed, profile, str(out),
+                        str(device) if device is not None else None, weights, force, root):
+            (dataset, method, seed)
+            for dataset, method, seed in cells
+        }
+        for future in as_completed(futures):
+            dataset, method, seed = futures[future]
+            cell = cell_dir(out, dataset, get_method(method).key, profile, seed)
+            try:
+                record = future.result()
+            except Exception as exc:  # bad input, or the worker process died
+                record = _failed_setup_record(method, dataset, seed, profile, exc)
+                write_record(record_path(cell), record)
+            else:
+                pending = (cell / PENDING_NAME).is_file()
+                if uri and (not record.get("skipped") or pending):
+                    skipped = record.pop("skipped", None)
+                    log_cell(record, cell, uri, out)
+                    if skipped is not None:
+                        record["skipped"] = skipped
+            done[(dataset, method, seed)] = {"skipped": False, **record}
+            bar.set_postfix_str(f"{method} on {dataset} seed {seed} done")
+            bar.update(1)
+    bar.close()
+    return [done[c] for c in cells]
 
 
 def _failed_setup_record(

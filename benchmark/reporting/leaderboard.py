@@ -58,6 +58,9 @@ from benchmark.reporting.results import (
 FORMATS = ("md", "csv", "tex", "html")
 PAPER_PROFILE = "paper"
 BACKBONE_NAMES = {"resnet50": "ResNet-50"}  # harness backbone key -> as the papers print it
+# A variant registered under its own key whose claims the paper files under the method's key with a
+# marked backbone: U-SSL's "ResNet-50*" rows (stage features concatenated) are `ussl-star`'s.
+CLAIM_VARIANTS = {"ussl-star": ("ussl", "*")}
 COMPARED_PROTOCOL = "fully unsupervised"
 EXCLUDED_QUALIFIERS = ("ablation:", "sensitivity:")
 NO_VALUE = "—"
@@ -104,10 +107,11 @@ def comparable_claims(
     none = claims.iloc[0:0]
     if synthetic or profile != PAPER_PROFILE or not pretrained or backbone not in BACKBONE_NAMES:
         return none
+    method, marker = CLAIM_VARIANTS.get(method, (method, ""))
     c = claims[(claims["method"] == method) & (claims["dataset"] == dataset)
                & (claims["origin"] == "own") & (claims["protocol"] == COMPARED_PROTOCOL)]
     c = c[~c["qualifier"].str.startswith(EXCLUDED_QUALIFIERS)]
-    c = c[c["backbone"].isin([BACKBONE_NAMES[backbone], ""])]
+    c = c[c["backbone"].isin([BACKBONE_NAMES[backbone] + marker] + ([] if marker else [""]))]
     wrong_cameras = "without camera labels" if uses_camera_ids else "with camera labels"
     c = c[c["qualifier"] != wrong_cameras]
     return c.sort_values("entry")
