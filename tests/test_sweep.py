@@ -193,7 +193,7 @@ def test_pruned_trials_end_pruned_in_optuna_and_mlflow(tmp_path, monkeypatch):
 
 
 def test_two_local_jobs_share_one_study(tmp_path):
-    spec = _spec(tmp_path, trials=3, tracking=False)
+    spec = _spec(tmp_path, trials=3)
     summary = sweep(spec, jobs=2)
     trials = _study(spec).get_trials()
     # 3 counted trials; two workers starting one at the same moment may add one more
@@ -202,6 +202,15 @@ def test_two_local_jobs_share_one_study(tmp_path):
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     assert sum(summary["trials"].values()) == len(trials)
+    # both workers logged their trials under the one study run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("benchmark-sweeps").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("benchmark.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("benchmark.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == len(trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 
 
 def test_a_worker_with_another_command_cannot_join(tmp_path):

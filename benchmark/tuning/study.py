@@ -245,6 +245,11 @@ def _tracker(spec: SweepSpec) -> SweepTracker:
     return SweepTracker(uri, location)
 
 
+def _description(spec: SweepSpec, metric: str, split) -> dict[str, Any]:
+    return {**_identity(spec, metric), "validation": split.description, "study": spec.name,
+            "storage": public_url(spec.storage_url)}
+
+
 def work(spec: SweepSpec, worker_index: int | None = None) -> None:
     """One worker: run trials until the study holds `spec.trials` counted trials, then wait until
     no trial is RUNNING (failing stale ones), so that every trial ends in a final state."""
@@ -254,8 +259,7 @@ def work(spec: SweepSpec, worker_index: int | None = None) -> None:
     metric = objective_metric(split)
     study = open_study(spec, metric, worker_index)
     tracker = _tracker(spec)
-    parent = tracker.parent(study, {**_identity(spec, metric), "validation": split.description,
-                                    "study": spec.name, "storage": public_url(spec.storage_url)})
+    parent = tracker.parent(study, _description(spec, metric, split))
     objective = _Objective(spec, cls, split, tracker, parent, metric)
     while True:
         with warnings.catch_warnings():
@@ -286,7 +290,11 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
         raise ValueError("--trials and --jobs must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cls, split = _prepare(spec)  # bad input fails here, before any worker starts
-    study = open_study(spec, objective_metric(split), spec.worker_index)
+    metric = objective_metric(split)
+    study = open_study(spec, metric, spec.worker_index)
+    # The study's MLflow run is made here, before any worker starts: workers creating a new MLflow
+    # store at the same moment race in its schema migration.
+    _tracker(spec).parent(study, _description(spec, metric, split))
     del cls, split
     if jobs == 1:
         work(spec)
