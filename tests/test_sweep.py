@@ -148,6 +148,8 @@ def test_sweep_writes_study_nested_mlflow_runs_and_best_params_for_run(tmp_path)
     parents = [r for r in runs if r.data.tags.get("benchmark.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("benchmark.kind") == "trial"]
     assert len(parents) == 1 and len(children) == 3
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_validation_ACC"] == pytest.approx(best.value)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" and "validation_ACC" in r.data.metrics for r in children)
     by_trial = {int(r.data.tags["benchmark.trial"]): r for r in children}

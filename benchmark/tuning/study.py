@@ -294,7 +294,8 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
     study = open_study(spec, metric, spec.worker_index)
     # The study's MLflow run is made here, before any worker starts: workers creating a new MLflow
     # store at the same moment race in its schema migration.
-    _tracker(spec).parent(study, _description(spec, metric, split))
+    tracker = _tracker(spec)
+    parent = tracker.parent(study, _description(spec, metric, split))
     del cls, split
     if jobs == 1:
         work(spec)
@@ -310,7 +311,13 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
         codes = [w.exitcode for w in workers]
         if any(codes):
             print(f"warning: sweep workers exited with {codes}", file=sys.stderr)
-    return write_outputs(spec, study)
+    summary = write_outputs(spec, study)
+    if summary["best"]:
+        tracker.metric(parent, f"best_validation_{metric}", float(summary["best"]["value"]))
+    for state, count in summary["trials"].items():
+        tracker.metric(parent, f"trials_{state.lower()}", float(count))
+    tracker.end(parent, "COMPLETE" if summary["best"] else "FAIL")  # this command's part is done
+    return summary
 
 
 def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
