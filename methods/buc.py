@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, EpochMethod, Paper, RunContext
 from benchmark.engine.method_registry import register_method
 from methods.common.backbones import draw_seed, forked_torch_rng, run_backbone
-from methods.common.features import TransformedImages, extract_features
+from methods.common.features import extract_features, training_loader
 from methods.common.losses import repelled_loss
 from methods.common.memory import ClusterMemory
 from methods.common.merging import (
@@ -319,13 +318,7 @@ class BUC(EpochMethod):
         ctx, c = self.ctx, self.config
         batch = min(int(c["batch_size"]), len(self.view))
         targets_all = torch.from_numpy(self.labels).to(self.device)
-        loader = DataLoader(
-            TransformedImages(self.view, self.train_tf, with_index=True), batch_size=batch,
-            shuffle=True, drop_last=True, num_workers=ctx.profile.num_workers,
-            worker_init_fn=ctx.worker_init_fn,
-            generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = training_loader(self.view, self.train_tf, ctx, self.device, batch_size=batch)
         iters = int(c["iters"])
         self.model.train()
         total, steps = 0.0, 0

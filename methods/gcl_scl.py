@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, EpochMethod, Paper, RunContext
@@ -34,7 +33,7 @@ from methods.common.backbones import (
     run_backbone,
 )
 from methods.common.clustering import dbscan_pseudo_labels
-from methods.common.features import TransformedImages, extract_features
+from methods.common.features import extract_features, training_loader
 from methods.common.jaccard import jaccard_distance
 from methods.common.losses import cluster_nce
 from methods.common.memory import ClusterMemory
@@ -366,12 +365,7 @@ class GCLSCL(EpochMethod):
             labels, batch_size=int(c["batch_size"]), num_instances=int(c["num_instances"]),
             generator=np.random.default_rng(ctx.rng.integers(2**63)), num_batches=int(c["iters"]),
         )
-        loader = DataLoader(
-            TransformedImages(self.view, self.train_tf, with_index=True), batch_sampler=sampler,
-            num_workers=ctx.profile.num_workers, worker_init_fn=ctx.worker_init_fn,
-            generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = training_loader(self.view, self.train_tf, ctx, self.device, batch_sampler=sampler)
         self.model.train()
         self.gcl.train()
         totals = {"loss": 0.0, "loss_x": 0.0, "loss_refined": 0.0}

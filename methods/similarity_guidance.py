@@ -23,16 +23,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, Paper, RunContext
 from benchmark.engine.method_registry import register_method
 from methods.buc import BUC
-from methods.common.backbones import draw_seed
 from methods.common.clustering import dbscan_pseudo_labels
-from methods.common.features import TransformedImages
+from methods.common.features import training_loader
 from methods.common.group_distance import (
     SampleDistance,
     individual_group_distance,
@@ -373,12 +371,7 @@ class SimilarityGuidance(BUC):
             generator=np.random.default_rng(ctx.rng.integers(2**63)),
             num_batches=int(c["iters"]) or None,
         )
-        loader = DataLoader(
-            TransformedImages(self.view, self.train_tf, with_index=True), batch_sampler=sampler,
-            num_workers=ctx.profile.num_workers, worker_init_fn=ctx.worker_init_fn,
-            generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = training_loader(self.view, self.train_tf, ctx, self.device, batch_sampler=sampler)
         share = float(c["triplet_proportion"]) if c["loss"] == "joint" else 0.0
         self.model.train()
         totals = {"loss": 0.0, "loss_memory": 0.0, "loss_triplet": 0.0}

@@ -15,7 +15,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import socket
@@ -38,7 +37,7 @@ except ImportError:  # pragma: no cover - older Optuna
 from optuna.trial import FixedTrial, TrialState
 
 from benchmark.data.registry import load_dataset
-from benchmark.engine.contract import ConfigError, MethodAdapter
+from benchmark.engine.contract import MethodAdapter
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from benchmark.engine.records import jsonable, write_record

@@ -7,12 +7,16 @@ method clusters are computed exactly like the features it is judged on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from benchmark.engine.contract import RunContext
 
 
 class TransformedImages(Dataset):
@@ -72,3 +76,28 @@ def extract_features(
         return torch.empty(0, dim)
     features = torch.cat(chunks)
     return F.normalize(features, dim=1) if normalize else features
+
+
+def training_loader(
+    view: Dataset, transform: Callable, ctx: "RunContext", device: torch.device, *,
+    batch_size: int | None = None, batch_sampler: Iterable | None = None,
+) -> DataLoader:
+    """The training loader every adapter uses: (image, view index) pairs, either shuffled batches
+    of `batch_size` (last partial batch dropped) or the batches of `batch_sampler` (PK sampling).
+
+    Its shuffling and the workers' seeds come from a generator seeded by one draw from
+    `ctx.torch_generator`, so an epoch's order is fixed by the run's seed and survives resume."""
+    from methods.common.backbones import draw_seed
+
+    if (batch_size is None) == (batch_sampler is None):
+        raise ValueError("give exactly one of batch_size or batch_sampler")
+    batching: dict = (
+        {"batch_sampler": batch_sampler} if batch_sampler is not None
+        else {"batch_size": batch_size, "shuffle": True, "drop_last": True}
+    )
+    return DataLoader(
+        TransformedImages(view, transform, with_index=True), **batching,
+        num_workers=ctx.profile.num_workers, worker_init_fn=ctx.worker_init_fn,
+        generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
+        pin_memory=device.type == "cuda",
+    )

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, EpochMethod, Paper, RunContext
 from benchmark.engine.method_registry import register_method
 from methods.common.backbones import draw_seed, forked_torch_rng, run_backbone
-from methods.common.features import TransformedImages, extract_features
+from methods.common.features import extract_features, training_loader
 from methods.common.memory import cluster_means
 from methods.common.transforms import test_transform, train_transform
 from methods.ussl.inter import InterSimilarity
@@ -387,13 +386,8 @@ class USSL(EpochMethod):
         paired = torch.from_numpy(state["score"] > float(c["delta"])).to(self.device)
         centroids = state["centroids"]
         scale = float(c["logit_scale"])
-        loader = DataLoader(
-            TransformedImages(self.view, self.train_tf, with_index=True),
-            batch_sampler=self._batches(state["partner"]), num_workers=ctx.profile.num_workers,
-            worker_init_fn=ctx.worker_init_fn,
-            generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
-            pin_memory=self.device.type == "cuda",
-        )
+        loader = training_loader(self.view, self.train_tf, ctx, self.device,
+                                 batch_sampler=self._batches(state["partner"]))
         use_gs = bool(c["gradient_separation"]) and float(c["gs_weight"]) > 0
         use_intra = stage2 and self.net.intra is not None
         use_inter = stage2 and self.inter is not None
