@@ -73,6 +73,8 @@ def test_perf_command_small_scale(monkeypatch, capsys):
     assert "dense re-ranking" in table and "classic per-query evaluator" in table
     total = next(r for r in rows if r["task"] == "pseudo-labels (total)")
     assert total["max_metric_diff"] <= 1e-3  # 1 - ARI between ours and the direct reference
+    published = next(r for r in rows if r["reference"] == "published structure, timed here")
+    assert published["max_metric_diff"] <= 1e-3 and published["reference_seconds"] > 0
 
 
 def test_a_job_runs_in_a_fresh_process_with_its_own_peak():

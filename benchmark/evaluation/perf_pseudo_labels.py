@@ -35,6 +35,7 @@ GIB = float(2**30)
 # kNN 3.3 s + Jaccard 17.1 s + DBSCAN 1.2 s, as stated in the issue. Target: a quarter of it.
 PUBLISHED_MARKET_SECONDS = 21.7
 TARGET_MARKET_SECONDS = PUBLISHED_MARKET_SECONDS / 4
+PUBLISHED_PHASES = "3.3 s + 17.1 s + 1.2 s"
 TARGET_ARI = 0.999
 
 
@@ -159,12 +160,18 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
     impl "ours": `knn` + `jaccard_from_neighbours` (sparse) + DBSCAN on the sparse matrix; saves
     labels and the sparse distances. impl "reference": dense ranking + dense Jaccard + DBSCAN on
     the dense matrix; saves labels, then (untimed) compares its distances with ours on every pair.
+    impl "published": a flat faiss search + the published code's per-sample loops + DBSCAN on the
+    dense matrix (the pipeline behind the issue's 21.7 s), timed on this machine; saves labels.
     """
     import scipy.sparse as sp
 
     from methods.common.clustering import dbscan_pseudo_labels
     from methods.common.jaccard import jaccard_from_neighbours
-    from methods.common.jaccard_reference import dense_jaccard_from_ranking, dense_ranking
+    from methods.common.jaccard_reference import (
+        dense_jaccard_from_ranking,
+        dense_ranking,
+        loop_jaccard_published_structure,
+    )
     from methods.common.knn import knn
 
     features, _, _ = reid_like_features(scale.num_images, scale.num_ids, scale.dim, seed)
@@ -178,6 +185,11 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
         out["stored_per_row"] = dist.nnz / scale.num_images
         # the search the published code runs (a flat index over all pairs), for calibration
         out["flat_knn"], _, _ = _timed(lambda: knn(features, K1, backend="faiss-flat"))
+    elif impl == "published":
+        out["knn"], c1, (_, ranking) = _timed(lambda: knn(features, K1, backend="faiss-flat"))
+        out["jaccard"], c2, dist = _timed(
+            lambda: loop_jaccard_published_structure(features, ranking, K1, K2)
+        )
     else:
         out["knn"], c1, (sims, ranking) = _timed(lambda: dense_ranking(features, K1, np.float32))
         out["jaccard"], c2, dist = _timed(lambda: dense_jaccard_from_ranking(sims, ranking, K1, K2))
@@ -189,7 +201,7 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
     np.save(f"{workdir}/{impl}_labels.npy", labels)
     if impl == "ours":
         sp.save_npz(f"{workdir}/ours_dist.npz", dist)
-    else:
+    elif impl == "reference":
         ours = sp.load_npz(f"{workdir}/ours_dist.npz").tocoo()
         stored = float(np.abs(dist[ours.row, ours.col] - ours.data).max())
         dist[ours.row, ours.col] = 1.0  # what remains must be the absent pairs' distance, 1
@@ -238,11 +250,14 @@ def rows_for_scale(
     with tempfile.TemporaryDirectory(prefix="benchmark-pseudo-") as tmp:
         ours = _run(fresh_process, job_pseudo_labels, scale=scale, seed=seed, impl="ours", workdir=tmp)
         ours_labels = np.load(f"{tmp}/ours_labels.npy")
-        ref = None
+        ref = pub = None
         if scale.with_reference:
             ref = _run(fresh_process, job_pseudo_labels, scale=scale, seed=seed, impl="reference",
                        workdir=tmp)
             ref_labels = np.load(f"{tmp}/reference_labels.npy")
+            pub = _run(fresh_process, job_pseudo_labels, scale=scale, seed=seed, impl="published",
+                       workdir=tmp)
+            pub_labels = np.load(f"{tmp}/published_labels.npy")
     setting = (
         f"k1={K1}, k2={K2}, DBSCAN eps={EPS}, min_samples={MIN_SAMPLES}; "
         "synthetic re-ID-like features"
@@ -292,8 +307,29 @@ def rows_for_scale(
             total["target_met"] = ours["total"] <= TARGET_MARKET_SECONDS and ari >= TARGET_ARI
             notes.append(
                 f"target: a quarter of the published implementation's {PUBLISHED_MARKET_SECONDS} s "
-                "(faiss kNN + per-sample loops) on the 2-core reference machine"
+                "(faiss kNN + per-sample loops) as the issue measured it; the same pipeline timed "
+                "here is the next row"
             )
+    total["note"] = "; ".join(notes)
+    if pub is None:
+        return rows + [total]
+    ari = float(adjusted_rand_score(pub_labels, ours_labels))
+    published = _row(
+        "pseudo-labels (total)", scale.name, "published structure, timed here", size,
+        ours["total"], pub["total"], ours_peak_gib=ours["peak_gib"],
+        reference_peak_gib=pub["peak_gib"], ours_cpu_seconds=ours["cpu"],
+        reference_cpu_seconds=pub["cpu"], max_metric_diff=1.0 - ari,
+        target=f"<= 1/4 of the published structure and ARI >= {TARGET_ARI}",
+        target_met=4 * ours["total"] <= pub["total"] and ari >= TARGET_ARI,
+    )
+    published["note"] = (
+        f"published structure (flat faiss search, per-sample numpy loops over dense N x N "
+        f"encodings, DBSCAN on the dense matrix): kNN {pub['knn']:.2f} s + Jaccard "
+        f"{pub['jaccard']:.2f} s + DBSCAN {pub['dbscan']:.2f} s on this machine, against "
+        f"{PUBLISHED_PHASES} on the issue's; labels "
+        f"{'identical' if np.array_equal(pub_labels, ours_labels) else 'differ'}, ARI {ari:.6f}"
+    )
+    return rows + [total, published]
     total["note"] = "; ".join(notes)
     return rows + [total]
 

@@ -28,8 +28,11 @@ search (published: faiss IndexFlatL2, the same order on unit vectors up to round
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from methods.common.knn import FeatureMatrix, check_features, check_normalised, knn
 
@@ -171,11 +174,13 @@ def encode(
     return out
 
 
-def min_overlap(v: sp.csr_matrix) -> sp.csr_matrix:
+def min_overlap(v: sp.csr_matrix, num_threads: int | None = None) -> sp.csr_matrix:
     """m[i, j] = sum_k min(v_ik, v_jk) for every pair sharing a non-zero column (symmetric CSR).
 
     Each column's entries are paired with those of higher row index in the same column (the upper
-    triangle; the lower is its mirror), and the contributions are summed per pair in row blocks.
+    triangle; the lower is its mirror), and the contributions are summed per pair in row blocks,
+    `num_threads` blocks at a time (default: torch's intra-op thread count, which the harness sets
+    per profile).
     """
     n = v.shape[0]
     v = v.tocsr()
@@ -193,13 +198,10 @@ def min_overlap(v: sp.csr_matrix) -> sp.csr_matrix:
     row_pairs = np.bincount(rows, weights=pair_count, minlength=n)
     bounds = _pair_blocks(row_pairs, n)
 
-    out_rows, out_cols, out_vals = [], [], []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = v.indptr[start], v.indptr[stop]
         cnt = pair_count[lo:hi]
         total = int(cnt.sum())
-        if total == 0:
-            continue
         first = np.cumsum(cnt) - cnt
         pos = np.repeat(csc_pos[lo:hi] - first, cnt) + np.arange(total)
         partner = csc_rows[pos]
@@ -209,10 +211,14 @@ def min_overlap(v: sp.csr_matrix) -> sp.csr_matrix:
         touched = np.zeros(acc.size, dtype=bool)
         touched[key] = True  # scanning a boolean block is far cheaper than scanning acc
         hit = np.flatnonzero(touched)
-        out_rows.append(hit // n + start)
-        out_cols.append(hit % n)
-        out_vals.append(acc[hit])
-    del rows, cols, vals, csc_rows, csc_vals, csc_pos, to_csc, pair_count
+        return hit // n + start, hit % n, acc[hit]
+
+    # Blocks are independent and numpy releases the GIL in their heavy loops, so threads share
+    # them; results are collected in block order, so the output does not depend on the threads.
+    workers = max(1, min(int(num_threads or torch.get_num_threads()), len(bounds) - 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaccard") as pool:
+        parts = list(pool.map(block, bounds[:-1], bounds[1:]))
+    out_rows, out_cols, out_vals = zip(*parts)
     i, j, m = (np.concatenate(parts) for parts in (out_rows, out_cols, out_vals))
     del out_rows, out_cols, out_vals
     off = i != j  # mirror the strict upper triangle
@@ -234,7 +240,8 @@ def _pair_blocks(row_pairs: np.ndarray, n: int) -> np.ndarray:
 
 
 def jaccard_from_neighbours(
-    features: FeatureMatrix, sims: np.ndarray, ranking: np.ndarray, k1: int = 30, k2: int = 6
+    features: FeatureMatrix, sims: np.ndarray, ranking: np.ndarray, k1: int = 30, k2: int = 6,
+    num_threads: int | None = None,
 ) -> sp.csr_matrix:
     """The Jaccard distance from precomputed kNN lists (`knn(features, k1)`), as sparse CSR."""
     x = check_features(features)
@@ -251,7 +258,7 @@ def jaccard_from_neighbours(
     if ranking.min() < 0 or ranking.max() >= n:
         raise ValueError(f"kNN ranking holds indices outside [0, {n})")
     v = encode(x, sims, ranking.astype(np.int64, copy=False), k1, k2)
-    dist = min_overlap(v)
+    dist = min_overlap(v, num_threads)
     m = dist.data
     dist.data = np.maximum(1.0 - m / (2.0 - m), 0.0)
     diag_rows = np.repeat(np.arange(n), np.diff(dist.indptr))
