@@ -461,7 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "study must give the same name and the same method, dataset, profile and seed")
     p.add_argument("--seed", type=int, default=0,
                    help="training seed of every trial, validation split and sampler (default 0)")
-    p.add_argument("--params", help="JSON or TOML file of fixed config overrides")
+    p.add_argument("--params", help="JSON or TOML file of fixed config overrides (a parameter "
+                   "fixed here is not searched)")
+    p.add_argument("--tune", help="comma-separated names of the search space to tune (default: "
+                   "all); the others keep their resolved values")
+    p.add_argument("--no-prune", action="store_true",
+                   help="no MedianPruner: every trial runs to its end (use when the tuned "
+                   "parameters change the epoch schedule, so epoch e is not the same stage)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="share of training identities (re-ID) or images (clustering) held out "
                    "(default 0.2)")

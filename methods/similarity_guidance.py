@@ -123,9 +123,14 @@ class SimilarityGuidance(BUC):
     "basic".
 
     Deviations:
-    - The reported model is the last step's. Algorithm 1 keeps the model with the best accuracy on
-      a validation set; the harness gives an adapter no labels and no validation score (its epoch
-      callback returns nothing), so no model is selected here, on test or on validation data.
+    - Model selection (Algorithm 1 keeps the model with the best validation accuracy) is done by
+      the harness (`model_selection` "validation", `benchmark.engine.selection`): it holds out
+      `validation_fraction` (0.2) of the training split (re-ID: of the training identities;
+      clustering: class-stratified images), trains on the rest, scores the encoder on the hold-out
+      after every epoch (mAP / ACC; the adapter never sees those labels) and reports the best
+      epoch's model as `metrics`, the last step's as `metrics_last`. So this method trains on 80 %
+      of the training data, unlike the other adapters; `model_selection` "last" trains on all of
+      it and reports the last step. Sweeps score the last step of each trial.
     - The paper runs 1 / p steps but says the number of steps falls as eps grows, i.e. merging
       stops when clusters run out and the best step is picked by validation. Here the schedule is
       fixed in advance: a merge step merges at most down to `min_clusters_fraction` * N clusters
@@ -161,18 +166,21 @@ class SimilarityGuidance(BUC):
       file `init_checkpoint` names; when none exists the run starts from the profile's backbone,
       and every epoch of the record's history says so (`init_from_checkpoint` = 0).
     - quick / ci profiles: a small ResNet trained from scratch (backbone at the full learning
-      rate) with a 128-d / 64-d embedding. quick: 8 first-round epochs of 30 batches of 64 without
-      the lr drop, then 7 steps (DBSCAN, then merges of 10 % of N down to a floor of 10 % of N)
-      of one epoch of 30 PK batches of 16 x 4; ci: 1 + 2 epochs of 4 batches of 8, merges of
-      25 % of N, floor 20 % of N. quick uses eps 0.25: after a short first round a from-scratch
-      network's features are far less tight than a pretrained ResNet-50's, and eps 0.1 links few
-      pairs (ci keeps the paper's 0.1).
-    - Disclosure (integrity rule 1): three quick-scale settings were picked during development
-      partly by looking at evaluation numbers: the first-round length (8 epochs rather than 5, by
-      synthetic-reid seed-0 test mAP; an eps 0.2 / 8-step variant was rejected the same way) and
-      d3 on `digits` (test ACC 0.684 against 0.657, and the harness's pseudo-label precision).
-      They are scale settings of the synthetic / embedded sets, not paper values; re-deriving them
-      with `benchmark sweep` (validation split from training data) is the clean replacement.
+      rate) with a 128-d / 64-d embedding. quick: 10 first-round epochs of 30 batches of 64 (the
+      lr drops x0.1 after epoch 8), then 7 steps (DBSCAN, then merges of 10 % of N down to a floor
+      of 10 % of N) of one epoch of 30 PK batches of 16 x 4; ci: 1 + 2 epochs of 4 batches of 8,
+      merges of 25 % of N, floor 20 % of N, and the paper's eps 0.1.
+    - quick's first-round length and eps were chosen on a validation split, never on test data:
+      `benchmark sweep --method similarity-guidance --dataset synthetic-reid --profile quick
+      --trials 12 --jobs 2 --tune first_epochs,eps --no-prune` (seed 0; 20 % of the training
+      identities held out). Best validation mAP 21.3 % at eps 0.379 / 10 epochs, next 21.1 % at
+      eps 0.387 / 9; every trial with eps <= 0.26 scored 17.8-19.0 %. eps 0.38 on the 0-2 scale
+      is far above the paper's 0.1: after a short first round a from-scratch network's features
+      are much less tight than a pretrained ResNet-50's. The best eps lies near the top of the
+      searched range (0.05-0.4).
+    - d3 keeps the paper's gamma 0.03 on `digits`: a validation sweep of weight_d3 (8 trials,
+      `--tune weight_d3`, 0.001-0.028) scored 0.788-0.822 ACC with no trend, so nothing argued
+      for another value.
     """
 
     key = "similarity-guidance"
@@ -210,6 +218,8 @@ class SimilarityGuidance(BUC):
         "num_instances": 4,
         "iters": 0,
         "init_checkpoint": "",
+        "model_selection": "validation",
+        "validation_fraction": 0.2,
         # BUC's (not stated in the paper)
         "lr": 0.1,
         "lr_step": 16,
@@ -236,8 +246,8 @@ class SimilarityGuidance(BUC):
     profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {
             "merge_fraction": 0.1, "merge_steps": 7, "min_clusters_fraction": 0.1,
-            "first_epochs": 8, "step_epochs": 1, "lr_step": 8, "backbone_lr_mult": 1.0,
-            "embedding_dim": 128, "batch_size": 64, "iters": 30, "eps": 0.25,
+            "first_epochs": 10, "step_epochs": 1, "lr_step": 8, "backbone_lr_mult": 1.0,
+            "embedding_dim": 128, "batch_size": 64, "iters": 30, "eps": 0.38,
         },
         "ci": {
             "merge_fraction": 0.25, "merge_steps": 2, "min_clusters_fraction": 0.2,
@@ -250,6 +260,7 @@ class SimilarityGuidance(BUC):
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {
             "eps": trial.suggest_float("eps", 0.05, 0.4),
+            "first_epochs": trial.suggest_int("first_epochs", 2, 20),
             "weight_d2": trial.suggest_float("weight_d2", 0.0, 1.0),
             "weight_d3": trial.suggest_float("weight_d3", 1e-3, 0.1, log=True),
             "triplet_proportion": trial.suggest_float("triplet_proportion", 0.0, 0.5),

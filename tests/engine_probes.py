@@ -232,3 +232,25 @@ class TunableProbe(ProbeMethod):
         if config["lr"] > config["fail_above_lr"]:
             raise RuntimeError(f"probe failure: lr {config['lr']} > {config['fail_above_lr']}")
         super().setup(view, config, ctx)
+
+
+class SelectingProbe(ProbeMethod):
+    """ProbeMethod whose model is chosen on a validation split carved from the training data (the
+    harness's `model_selection`); reports its training view's size.
+
+    Deviations:
+    - not a published method: a probe of model selection
+    """
+
+    key = "selecting-probe"
+    defaults: ClassVar[dict[str, Any]] = {
+        **ProbeMethod.defaults, "epochs": 3, "model_selection": "validation",
+        "validation_fraction": 0.2,
+    }
+
+    def setup(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> None:
+        super().setup(view, config, ctx)
+        self.view_size = len(view)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        return {**super().train_epoch(epoch), "view_size": float(self.view_size)}

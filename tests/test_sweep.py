@@ -15,10 +15,8 @@ import optuna
 import pytest
 
 from benchmark.cli import main
-from benchmark.data.registry import load_dataset
 from benchmark.data.types import ClusteringDataset, ReidDataset, ReidSplit
 from benchmark.engine.records import read_record
-from benchmark.engine.runner import run_cell
 from benchmark.tuning import study as study_module
 from benchmark.tuning.study import SweepSpec, make_storage, sweep
 from benchmark.tuning.validation import carve_validation
@@ -228,3 +226,36 @@ def test_cli_refuses_a_method_without_search_space(tmp_path, capsys):
     rc = main(["sweep", "--method", "direct-transfer", "--dataset", "digits", "--profile", "ci",
                "--trials", "1", "--out", str(tmp_path), "--no-tracking"])
     assert rc == 2 and "no search space" in capsys.readouterr().err
+
+
+# -- narrowing the search ------------------------------------------------------------------------
+def test_tune_narrows_the_search_and_fixed_params_are_not_searched(tmp_path):
+    narrowed = _spec(tmp_path, trials=2, tracking=False, tune=("k",), study_name="only-k")
+    summary = sweep(narrowed)
+    trials = _study(narrowed).get_trials()
+    assert trials and all(set(t.params) == {"k"} for t in trials)
+    assert all(set(t.user_attrs["config_overrides"]) == {"k"} for t in trials)
+    assert summary["tuned"] == ["k"]
+    best = json.loads(Path(summary["best_params_file"]).read_text())
+    assert set(best) == set(FAST) | {"k"}  # lr keeps the resolved default: not in the file
+
+    fixed = _spec(tmp_path, trials=2, tracking=False, study_name="lr-fixed",
+                  base_params={**FAST, "lr": 0.05})
+    sweep(fixed)
+    trials = _study(fixed).get_trials()
+    assert all(set(t.params) == {"k"} for t in trials)
+    assert all(t.user_attrs["config_overrides"].keys() == {"k"} for t in trials)
+
+
+def test_tune_refuses_unknown_names_and_an_empty_search(tmp_path, capsys):
+    with pytest.raises(ValueError, match="--tune names nope, not in the search space"):
+        sweep(_spec(tmp_path, trials=1, tracking=False, tune=("k", "nope")))
+    with pytest.raises(ValueError, match="nothing left to tune"):
+        sweep(_spec(tmp_path, trials=1, tracking=False, tune=("k",),
+                    base_params={**FAST, "k": 4}))
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps(FAST))
+    rc = main(["sweep", "--method", PROBE, "--dataset", "digits", "--profile", "ci", "--trials",
+               "1", "--out", str(tmp_path), "--no-tracking", "--params", str(params),
+               "--tune", "lr,momentum"])
+    assert rc == 2 and "--tune names momentum" in capsys.readouterr().err

@@ -203,7 +203,8 @@ class RunContext:
     torch_generator: torch.Generator
     sink: MetricSink = field(default_factory=MetricSink)
     # Harness hooks, never given labels back to the method:
-    epoch_callback: Callable[[int, nn.Module], None] | None = None  # validation / pruning
+    epoch_callback: Callable[[int, nn.Module], None] | None = None  # after the checkpoint: pruning
+    selection_callback: Callable[[int, nn.Module], None] | None = None  # before it: model selection
     pseudo_label_hook: Callable[[int, np.ndarray], None] | None = None
     keep_checkpoints: int = 1
     weights: Path | None = None  # local ImageNet weights file (`--weights`) for pretrained backbones
@@ -257,8 +258,12 @@ class RunContext:
         encoder: nn.Module,
     ) -> None:
         # Log before saving: the checkpoint then carries this epoch's history, and a crash between
-        # the two re-runs the epoch, whose metrics overwrite the same epoch's entry.
+        # the two re-runs the epoch, whose metrics overwrite the same epoch's entry. Model selection
+        # scores before the save too: the checkpoint's RNG states are then those after scoring, as
+        # in an uninterrupted run, and a re-run epoch replaces its own score.
         self.sink.log_epoch(epoch, metrics)
+        if self.selection_callback is not None:
+            self.selection_callback(epoch, encoder)
         self.save_checkpoint(epoch, method_state)
         if self.epoch_callback is not None:
             self.epoch_callback(epoch, encoder)

@@ -27,7 +27,12 @@ from torch import nn
 from benchmark.data.cards import ProtocolCard, all_cards, get_card
 from benchmark.data.registry import is_present, load_dataset, locate_dataset
 from benchmark.data.types import ClusteringDataset, Dataset, ReidDataset
-from benchmark.data.unlabeled import HiddenLabels, UnlabeledView, clustering_view, reid_view
+from benchmark.data.unlabeled import (
+    HiddenLabels,
+    UnlabeledView,
+    clustering_view,
+    reid_view,
+)
 from benchmark.engine.contract import MethodAdapter, MetricSink, RunContext
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.method_registry import get_method, method_names
@@ -50,7 +55,14 @@ from benchmark.engine.seeding import (
     seed_everything,
     silent_nondeterministic_modules,
 )
+from benchmark.engine.selection import (
+    FRACTION_KEY,
+    SELECTED,
+    BestOnValidation,
+    selection_mode,
+)
 from benchmark.engine.tracking import PENDING_NAME, log_cell, resolve_tracking_uri
+from benchmark.tuning.validation import DEFAULT_FRACTION, carve_validation
 
 CHECKPOINTS = "checkpoints"
 PSEUDO_LABEL_PROTOCOL = (
@@ -206,7 +218,7 @@ def _dataset_facts(card: ProtocolCard, dataset: Dataset) -> dict[str, Any]:
             query_images=dataset.query.num_images, gallery_images=dataset.gallery.num_images,
         )
     else:
-        facts.update(images=int(len(dataset.images)), classes=int(dataset.num_classes),
+        facts.update(images=len(dataset.images), classes=int(dataset.num_classes),
                      image_shape=list(dataset.images.shape[1:]))
     return facts
 
@@ -261,6 +273,7 @@ def run_cell(
         )
     adapter = cls(**dict(params or {}))
     config = adapter.resolve_config(dataset, prof.name)
+    selection_mode(config)  # a bad value fails here, before anything is written
     dev = resolve_device(device)
     weights_path = Path(weights).expanduser() if weights else None
     if weights_path is not None and not weights_path.is_file():
@@ -314,11 +327,20 @@ def run_cell(
         try:
             data = load_dataset(dataset, root)
             record["dataset_facts"] = _dataset_facts(card, data)
-            view, hidden = build_view(data, cls, seed)
+            selector = None
+            train_data = data
+            if selection_mode(config) == "validation":
+                # the method's own model selection: on a hold-out of the training split only
+                split = carve_validation(data, seed=seed,
+                                         fraction=float(config.get(FRACTION_KEY, DEFAULT_FRACTION)))
+                train_data = split.train
+                selector = BestOnValidation(split, prof, dev, seed, cell / CHECKPOINTS / SELECTED)
+            view, hidden = build_view(train_data, cls, seed)
             ctx = make_context(
                 device=dev, seed=seed, profile=prof, dataset=dataset, task=card.kind,
                 checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
             )
+            ctx.selection_callback = selector
             resumed = _latest_checkpoint_epoch(cell / CHECKPOINTS)
             record["resumed_from_epoch"] = resumed
             trained = fit_cell(adapter, view, hidden, config, ctx)
@@ -329,6 +351,11 @@ def run_cell(
             if log is not None:
                 log(f"{prefix}evaluating")
             metrics, protocol = evaluate_encoder(encoder, data, profile=prof, device=dev, seed=seed)
+            if selector is not None:
+                record["metrics_last"] = metrics  # the last epoch's model, reported beside
+                record["selection"] = selector.summary()
+                metrics, _ = evaluate_encoder(selector.selected(encoder), data, profile=prof,
+                                              device=dev, seed=seed)
             if any("pseudo_labels" in row for row in trained.history):
                 protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
             record.update(status=FINISHED, metrics=metrics, protocol=protocol)

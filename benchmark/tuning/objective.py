@@ -18,20 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.data.types import ReidDataset
 from benchmark.engine.contract import EpochMethod, MethodAdapter
-from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.profiles import Profile
 from benchmark.engine.runner import HistorySink, build_view, fit_cell, make_context
 from benchmark.engine.seeding import cpu_threads, seed_everything
+from benchmark.engine.selection import validation_metric, validation_score
 from benchmark.tuning.validation import ValidationSplit
-
-REID_OBJECTIVE = "mAP"
-CLUSTERING_OBJECTIVE = "ACC"
 
 
 def objective_metric(split: ValidationSplit) -> str:
-    return REID_OBJECTIVE if isinstance(split.validation, ReidDataset) else CLUSTERING_OBJECTIVE
+    return validation_metric(split)
 
 
 class Pruned(Exception):
@@ -48,19 +44,6 @@ class TrialOutcome:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     epoch_values: list[float] = field(default_factory=list)
-
-
-def validation_score(
-    encoder: nn.Module, split: ValidationSplit, profile: Profile, device: torch.device, seed: int
-) -> dict[str, Any]:
-    """The harness's evaluation on the validation part; the encoder's train/eval mode is restored."""
-    was_training = encoder.training
-    try:
-        metrics, _ = evaluate_encoder(encoder, split.validation, profile=profile, device=device,
-                                      seed=seed)
-    finally:
-        encoder.train(was_training)
-    return metrics
 
 
 def run_trial(

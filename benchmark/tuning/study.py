@@ -11,6 +11,9 @@ Why it is built this way:
   fewer than `--trials` counted trials (a retry replaces the trial it retries), and before leaving
   waits until no trial is RUNNING, so that none is left RUNNING when the last worker ends.
 - A trial that raises is recorded as FAIL with its error, and the study goes on.
+- A parameter fixed by `--params` is not searched, and `--tune` narrows the search to named
+  parameters: the rest keep their resolved values, so a study can settle a few settings without
+  moving the others.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ try:  # the name since Optuna 4.9
     from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryStale
 except ImportError:  # pragma: no cover - older Optuna
     from optuna.storages import RetryFailedTrialCallback as RetryStale
-from optuna.trial import FixedTrial, TrialState
+from optuna.trial import TrialState
 
 from benchmark.data.registry import load_dataset
 from benchmark.engine.contract import MethodAdapter
@@ -76,6 +79,8 @@ class SweepSpec:
     max_retry: int = 1
     root: str | None = None
     worker_index: int = 0  # seeds this process's sampler; workers of one study need different ones
+    tune: tuple[str, ...] | None = None  # search only these names of the search space (None: all)
+    prune: bool = True  # MedianPruner on the per-epoch validation metric
 
     @property
     def name(self) -> str:
@@ -123,14 +128,17 @@ def _identity(spec: SweepSpec, metric: str) -> dict[str, Any]:
     """What a study is for; a worker whose command differs refuses to join."""
     return {"method": get_method(spec.method).key, "dataset": spec.dataset,
             "profile": spec.profile, "seed": spec.seed, "objective": f"validation {metric}",
-            "validation_fraction": spec.fraction, "base_params": jsonable(spec.base_params)}
+            "validation_fraction": spec.fraction, "base_params": jsonable(spec.base_params),
+            "tuned": sorted(tuned_names(get_method(spec.method), spec))}
 
 
 def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.Study:
     storage = make_storage(spec)
     # constant_liar: a running trial counts as a bad result, so parallel workers spread out
     sampler = optuna.samplers.TPESampler(seed=spec.seed * 1000 + worker_index, constant_liar=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # Without pruning when trials' schedules differ in length: epoch e is then not the same stage.
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if spec.prune
+              else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize",
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     identity = _identity(spec, metric)
@@ -145,13 +153,80 @@ def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.St
     return study
 
 
-def check_search_space(cls: type[MethodAdapter]) -> None:
-    try:
-        space = cls.search_space(FixedTrial({}))
-    except ValueError:
-        return  # it suggested something: not empty
-    if not space:
+class _NamesTrial:
+    """Answers every suggestion with its first allowed value and records the names asked for."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        self.names.append(name)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        self.names.append(name)
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.names.append(name)
+        return next(iter(choices))
+
+
+def search_space_names(cls: type[MethodAdapter]) -> list[str]:
+    """The parameter names a method's search space suggests, in its order."""
+    trial = _NamesTrial()
+    cls.search_space(trial)
+    return trial.names
+
+
+def tuned_names(cls: type[MethodAdapter], spec: SweepSpec) -> set[str]:
+    """The names a study searches: the search space's, narrowed by `--tune`, less fixed params."""
+    names = set(search_space_names(cls))
+    if spec.tune is not None:
+        names &= set(spec.tune)
+    return names - set(spec.base_params)
+
+
+def check_search_space(cls: type[MethodAdapter], spec: SweepSpec | None = None) -> None:
+    """ValueError when there is nothing to tune, or `--tune` names what the space lacks."""
+    names = search_space_names(cls)
+    if not names:
         raise ValueError(f"method {cls.key} declares no search space: nothing to tune")
+    if spec is None:
+        return
+    unknown = sorted(set(spec.tune or ()) - set(names))
+    if unknown:
+        raise ValueError(f"--tune names {', '.join(unknown)}, not in the search space of "
+                         f"{cls.key} ({', '.join(names)})")
+    if not tuned_names(cls, spec):
+        raise ValueError(f"nothing left to tune: every searched parameter of {cls.key} "
+                         f"({', '.join(spec.tune or names)}) is fixed by --params")
+
+
+_NOT_TUNED = object()
+
+
+class _NarrowedTrial:
+    """A trial whose suggestions outside `names` are not made (they return a marker instead)."""
+
+    def __init__(self, trial: optuna.Trial, names: set[str]) -> None:
+        self._trial, self._names = trial, names
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._trial, attr)
+        if not attr.startswith("suggest_"):
+            return value
+
+        def suggest(name: str, *args: Any, **kwargs: Any) -> Any:
+            return value(name, *args, **kwargs) if name in self._names else _NOT_TUNED
+
+        return suggest
+
+
+def suggest_overrides(cls: type[MethodAdapter], trial: optuna.Trial, names: set[str]) -> dict:
+    """The search space's overrides for the names tuned; the others are left to the config."""
+    space = cls.search_space(_NarrowedTrial(trial, names))
+    return {k: v for k, v in space.items() if v is not _NOT_TUNED}
 
 
 def _retried(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -174,10 +249,12 @@ class _Objective:
         self.tracker, self.parent, self.metric = tracker, parent, metric
         self.profile = get_profile(spec.profile)
         self.device = resolve_device(spec.device)
+        self.names = tuned_names(cls, spec)
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
-        overrides = self.cls.search_space(trial)  # first: a retry of this trial repeats the point
+        # first: a retry of this trial repeats the point
+        overrides = suggest_overrides(self.cls, trial, self.names)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {**spec.base_params, **overrides}
         trial.set_user_attr("config_overrides", jsonable(overrides))
@@ -224,7 +301,7 @@ class _Objective:
 
 def _prepare(spec: SweepSpec):
     cls = get_method(spec.method)
-    check_search_space(cls)
+    check_search_space(cls, spec)
     profile = get_profile(spec.profile)
     cls(**spec.base_params).resolve_config(spec.dataset, profile.name)  # bad base params: fail now
     data = load_dataset(spec.dataset, spec.root)
@@ -359,6 +436,8 @@ def spec_from(args: Any, base_params: Mapping[str, Any] | None) -> SweepSpec:
         fraction=args.validation_fraction, base_params=dict(base_params or {}),
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
         max_retry=args.max_retry, root=args.root, worker_index=args.worker_index,
+        tune=tuple(n.strip() for n in args.tune.split(",") if n.strip()) if args.tune else None,
+        prune=not args.no_prune,
     )
 
 

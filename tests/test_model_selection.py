@@ -1,0 +1,88 @@
+"""Model selection by the harness on a validation split carved from training data (Algorithm 1 of
+similarity-guidance): the best epoch is chosen on the hold-out, never on test numbers; the record
+reports the selected and the last model; a resumed run selects as an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_engine_reproducibility import _command, _resume, _same
+
+from benchmark.data.registry import load_dataset
+from benchmark.engine import selection
+from benchmark.engine.records import FINISHED, cell_dir
+from benchmark.engine.runner import run_cell
+from benchmark.tuning.validation import carve_validation
+
+PROBE = "engine_probes:SelectingProbe"
+
+
+def _scripted(monkeypatch, values: list[float]) -> list[int]:
+    """validation_score returns `values` in turn (as mAP); returns the list of calls made."""
+    calls: list[int] = []
+
+    def score(encoder, split, profile, device, seed):
+        calls.append(len(calls))
+        return {"mAP": values[len(calls) - 1], "R1": 0.0}
+
+    monkeypatch.setattr(selection, "validation_score", score)
+    return calls
+
+
+def test_the_best_validation_epoch_is_reported_and_the_last_beside_it(tmp_path, monkeypatch):
+    calls = _scripted(monkeypatch, [0.2, 0.5, 0.3])
+    rec = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path / "three", "cpu", tracking=False,
+                   log=None)
+    assert rec["status"] == FINISHED and len(calls) == 3
+    sel = rec["selection"]
+    assert sel["best_epoch"] == 1 and sel["best_value"] == 0.5 and sel["metric"] == "mAP"
+    assert [e["mAP"] for e in sel["per_epoch"]] == [0.2, 0.5, 0.3]
+    assert rec["metrics"] != rec["metrics_last"]
+
+    # The same training stopped after epoch 1 (its last and best epoch) is the selected model.
+    _scripted(monkeypatch, [0.1, 0.2])
+    two = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path / "two", "cpu", tracking=False,
+                   log=None, params={"epochs": 2})
+    assert two["selection"]["best_epoch"] == 1
+    assert two["metrics"] == two["metrics_last"]
+    assert rec["metrics"] == two["metrics_last"]
+
+
+def test_ties_keep_the_earlier_epoch(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.4, 0.4, 0.1])
+    rec = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path, "cpu", tracking=False, log=None)
+    assert rec["selection"]["best_epoch"] == 0
+
+
+def test_the_method_trains_without_the_held_out_identities(tmp_path):
+    rec = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path, "cpu", tracking=False, log=None)
+    split = carve_validation(load_dataset("synthetic-reid"), seed=0, fraction=0.2)
+    full = len(load_dataset("synthetic-reid").train.paths)
+    assert {row["view_size"] for row in rec["history"]} == {len(split.train.train.paths)}
+    assert len(split.train.train.paths) < full
+    assert rec["selection"]["validation"] == split.description
+    # the scores are real validation numbers, one per epoch
+    assert [e["epoch"] for e in rec["selection"]["per_epoch"]] == [0, 1, 2]
+    assert all(0.0 <= e["mAP"] <= 1.0 for e in rec["selection"]["per_epoch"])
+
+
+def test_a_bad_selection_mode_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="model_selection must be one of"):
+        run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path, "cpu", tracking=False, log=None,
+                 params={"model_selection": "test"})
+    assert not any(tmp_path.rglob("*.json"))
+
+
+def test_a_killed_run_resumes_with_the_same_selection(tmp_path):
+    config = {"epochs": 4, "steps": 2, "sleep": 0.5}
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(config))
+    killed = tmp_path / "killed"
+    cmd = _command(PROBE, "digits", 0, killed, "--params", str(params))
+    resumed = _resume(cmd, cell_dir(killed, "digits", "selecting-probe", "ci", 0), tmp_path / "log")
+    uninterrupted = run_cell(PROBE, "digits", 0, "ci", tmp_path / "reference", "cpu",
+                             params=config, tracking=False, log=None)
+    _same(resumed, uninterrupted)
+    assert resumed["selection"] == uninterrupted["selection"]
+    assert resumed["metrics_last"] == uninterrupted["metrics_last"]
