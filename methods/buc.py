@@ -32,10 +32,9 @@ from methods.common.merging import (
     METRICS,
     MergeSchedule,
     cluster_count,
-    cluster_distances,
-    merge_step,
-    merges_per_step,
+    linkage_merge_step,
 )
+from methods.common.optim import backbone_head_sgd, set_base_lr
 from methods.common.transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform
 
 
@@ -243,17 +242,7 @@ class BUC(EpochMethod):
     def _optimizer(self) -> torch.optim.Optimizer:
         """A fresh SGD per stage (as the authors' code builds one); the backbone at a reduced
         rate."""
-        c = self.config
-        head = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.")]
-        base = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [
-            {"params": base, "lr_mult": float(c["backbone_lr_mult"])},
-            {"params": head, "lr_mult": 1.0},
-        ]
-        return torch.optim.SGD(
-            groups, lr=float(c["lr"]), momentum=float(c["sgd_momentum"]),
-            weight_decay=float(c["weight_decay"]), nesterov=bool(c["nesterov"]),
-        )
+        return backbone_head_sgd(self.model, self.model.backbone, self.config, "backbone.")
 
     def _set_lr(self, stage: int, within: int) -> float:
         c = self.config
@@ -261,9 +250,7 @@ class BUC(EpochMethod):
             lr = float(c["lr"]) * float(c["gamma"]) ** (within // int(c["lr_step"]))
         else:
             lr = float(c["step_lr"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        return lr
+        return set_base_lr(self.optimizer, lr)
 
     @torch.no_grad()
     def _features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,11 +275,10 @@ class BUC(EpochMethod):
         c = self.config
         features, embedded = self._features()
         before = int(self.labels.max()) + 1
-        dist = cluster_distances(
-            features.numpy(), self.labels, str(c["linkage"]), metric=str(c["merge_metric"])
+        self.labels = linkage_merge_step(
+            features.numpy(), self.labels, str(c["linkage"]), str(c["merge_metric"]),
+            float(c["merge_fraction"]), float(c["size_penalty"]),
         )
-        n = merges_per_step(len(self.labels), float(c["merge_fraction"]))
-        self.labels = merge_step(self.labels, dist, n, size_penalty=float(c["size_penalty"]))
         self.memory = ClusterMemory.from_features(
             embedded, torch.from_numpy(self.labels), momentum=float(c["memory_momentum"]),
             update="instance",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import methods.fgu as fgu_module
+import methods.common.merging as merging_module
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, RunContext
 from benchmark.engine.method_registry import get_method
@@ -205,13 +205,13 @@ def test_fit_counts_follow_n_minus_t_n_and_merging_only_joins(tmp_path: Path) ->
 
 def test_the_chosen_linkage_reaches_the_merge(tmp_path: Path, monkeypatch) -> None:
     seen = []
-    real = fgu_module.cluster_distances
+    real = merging_module.cluster_distances  # fgu merges through linkage_merge_step there
 
     def spy(features, labels, linkage="min", **kwargs):
         seen.append(linkage)
         return real(features, labels, linkage, **kwargs)
 
-    monkeypatch.setattr(fgu_module, "cluster_distances", spy)
+    monkeypatch.setattr(merging_module, "cluster_distances", spy)
     fit(tmp_path / "c", linkage="centroid", merge_steps=1, iters=1)
     fit(tmp_path / "m", linkage="max", merge_steps=1, iters=1)
     assert seen == ["centroid", "max"]

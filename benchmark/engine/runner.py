@@ -354,8 +354,9 @@ def run_cell(
             if selector is not None:
                 record["metrics_last"] = metrics  # the last epoch's model, reported beside
                 record["selection"] = selector.summary()
-                metrics, _ = evaluate_encoder(selector.selected(encoder), data, profile=prof,
-                                              device=dev, seed=seed)
+                if not selector.last_is_best():
+                    metrics, _ = evaluate_encoder(selector.selected(encoder), data, profile=prof,
+                                                  device=dev, seed=seed)
             if any("pseudo_labels" in row for row in trained.history):
                 protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
             record.update(status=FINISHED, metrics=metrics, protocol=protocol)

@@ -91,6 +91,10 @@ class BestOnValidation:
                     "best_state": self.best_state}, tmp)
         os.replace(tmp, self.path)
 
+    def last_is_best(self) -> bool:
+        """Whether the last scored epoch is the selected one (its model is then the trained one)."""
+        return self.best_epoch is not None and self.best_epoch == max(self.scores)
+
     def selected(self, last: nn.Module) -> nn.Module:
         """A copy of the trained encoder holding the best epoch's weights."""
         if self.best_state is None:

@@ -26,10 +26,6 @@ from benchmark.engine.selection import validation_metric, validation_score
 from benchmark.tuning.validation import ValidationSplit
 
 
-def objective_metric(split: ValidationSplit) -> str:
-    return validation_metric(split)
-
-
 class Pruned(Exception):
     """The pruner stopped the trial after `epoch` (raised from the harness's epoch callback)."""
 
@@ -67,7 +63,7 @@ def run_trial(
     """
     adapter = cls(**dict(params))
     config = adapter.resolve_config(dataset, profile.name)
-    metric = objective_metric(split)
+    metric = validation_metric(split)
     epoch_values: list[float] = []
     last: dict[str, Any] = {}
     threads = profile.cpu_threads if device.type == "cpu" else None

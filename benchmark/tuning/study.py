@@ -45,8 +45,9 @@ from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from benchmark.engine.records import jsonable, write_record
 from benchmark.engine.runner import resolve_device
+from benchmark.engine.selection import validation_metric
 from benchmark.engine.tracking import is_remote_uri, resolve_tracking_uri
-from benchmark.tuning.objective import Pruned, objective_metric, run_trial
+from benchmark.tuning.objective import Pruned, run_trial
 from benchmark.tuning.tracking import TRIAL_ATTR, SweepTracker
 from benchmark.tuning.validation import DEFAULT_FRACTION, carve_validation
 
@@ -332,7 +333,7 @@ def work(spec: SweepSpec, worker_index: int | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     worker_index = spec.worker_index if worker_index is None else worker_index
     cls, split = _prepare(spec)
-    metric = objective_metric(split)
+    metric = validation_metric(split)
     study = open_study(spec, metric, worker_index)
     tracker = _tracker(spec)
     parent = tracker.parent(study, _description(spec, metric, split))
@@ -366,7 +367,7 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
         raise ValueError("--trials and --jobs must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cls, split = _prepare(spec)  # bad input fails here, before any worker starts
-    metric = objective_metric(split)
+    metric = validation_metric(split)
     study = open_study(spec, metric, spec.worker_index)
     # The study's MLflow run is made here, before any worker starts: workers creating a new MLflow
     # store at the same moment race in its schema migration.

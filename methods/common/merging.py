@@ -307,6 +307,22 @@ def merge_step(
     return apply_merges(labels, pairs)
 
 
+
+def linkage_merge_step(
+    features: np.ndarray,
+    labels: np.ndarray,
+    linkage: str,
+    metric: str,
+    merge_fraction: float,
+    size_penalty: float = 0.0,
+) -> np.ndarray:
+    """BUC's step: `merges_per_step` merges of the closest clusters under `linkage` over
+    `features` (`cluster_distances`), with the diversity term `size_penalty`."""
+    dist = cluster_distances(features, labels, linkage, metric=metric)
+    n = merges_per_step(len(labels), merge_fraction)
+    return merge_step(labels, dist, n, size_penalty=size_penalty)
+
+
 # -- the epoch layout of a merging run ------------------------------------------------------------
 @dataclass(frozen=True)
 class MergeSchedule:
