@@ -41,6 +41,8 @@ from methods.common.pedal import PatchMemory, pedal_loss, stripe_features
 from methods.common.transforms import test_transform
 
 TEST_FEATURES = ("fused", "global")
+# Eq. 5 without a diversity term (0) and BUC-style weights around BUC's 0.005
+SIZE_PENALTIES = (0.0, 0.0025, 0.005, 0.01, 0.02)
 
 
 class FGUNetwork(nn.Module):
@@ -241,6 +243,8 @@ class FGU(EpochMethod):
             "num_stripes": trial.suggest_int("num_stripes", 2, 8),
             "temperature": trial.suggest_float("temperature", 0.03, 0.3, log=True),
             "linkage": trial.suggest_categorical("linkage", ["min", "centroid", "max"]),
+            "size_penalty": trial.suggest_categorical("size_penalty", list(SIZE_PENALTIES)),
+            "test_feature": trial.suggest_categorical("test_feature", list(TEST_FEATURES)),
         }
 
     # -- the harness loop's steps ----------------------------------------------------------------

@@ -222,6 +222,8 @@ class USSL(EpochMethod):
             "lambda1": trial.suggest_float("lambda1", 1e-3, 1.0, log=True),
             "lambda2": trial.suggest_float("lambda2", 0.1, 5.0, log=True),
             "logit_scale": trial.suggest_float("logit_scale", 5.0, 30.0, log=True),
+            "label_mode": trial.suggest_categorical("label_mode", list(LABEL_MODES)),
+            "prototype_init": trial.suggest_categorical("prototype_init", [False, True]),
         }
 
     # -- configuration -------------------------------------------------------------------------
