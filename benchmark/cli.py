@@ -371,6 +371,56 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_datasets(method: str, dataset: str | None) -> list[str]:
+    """The named dataset, or the embedded dataset of each task the method supports."""
+    from benchmark.data.cards import all_cards
+    from benchmark.engine.method_registry import get_method
+
+    if dataset:
+        return [dataset]
+    cls = get_method(method)
+    embedded = {card.kind: name for name, card in sorted(all_cards().items()) if card.embedded}
+    return [embedded[task] for task in cls.tasks if task in embedded]
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from benchmark.data.errors import DatasetError
+    from benchmark.engine.audit import MODES, audit
+    from benchmark.engine.contract import ConfigError
+    from benchmark.engine.records import RecordError
+
+    modes = list(MODES) if args.mode == "all" else [args.mode]
+    reports = []
+    try:
+        params = _read_params(args.params) if args.params else None
+        for dataset in _audit_datasets(args.method, args.dataset):
+            with _stdout_reserved(args.json):
+                report = audit(args.method, dataset, modes=modes, profile=args.profile,
+                               seed=args.seed, params=params, device=args.device, root=args.root,
+                               weights=args.weights, out=None if args.no_record else args.out,
+                               jobs=args.jobs)
+            reports.append(report)
+            if not args.json:
+                for verdict in report["modes"]:
+                    word = "PASS" if verdict["passed"] else verdict["verdict"].upper()
+                    print(f"{report['method']} on {dataset} ({args.profile}, seed {args.seed}) "
+                          f"{verdict['mode']}: {word} ({verdict['trainings']} trainings, "
+                          f"{verdict['time_s']:.0f} s)")
+                    if not verdict["passed"]:
+                        print(f"  {verdict['message']}")
+                if report.get("file"):
+                    print(f"verdicts: {report['file']}")
+    except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError) as exc:
+        print(f"audit: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"passed": all(r["passed"] for r in reports), "audits": reports}))
+    if any(v["verdict"] in ("error", "nondeterministic") for r in reports for v in r["modes"]) \
+            and not any(v["verdict"] == "leak" for r in reports for v in r["modes"]):
+        return 2
+    return 0 if all(r["passed"] for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark",
@@ -465,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "fixed here is not searched)")
     p.add_argument("--tune", help="comma-separated names of the search space to tune (default: "
                    "all); the others keep their resolved values")
+    p.add_argument("--grid", action="store_true",
+                   help="try every combination of the tuned parameters' choices once (all must "
+                   "be categorical; --trials at most their number) instead of TPE")
     p.add_argument("--no-prune", action="store_true",
                    help="no MedianPruner: every trial runs to its end (use when the tuned "
                    "parameters change the epoch schedule, so epoch e is not the same stage)")
@@ -488,6 +541,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help=root_help)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "audit", help="prove a method's training sees no label, file name, validation label or "
+        "test image",
+        description="Trains the cell twice, each time in a fresh process: as is, and with the "
+        "hidden training labels shuffled, the training file names replaced, the validation labels "
+        "shuffled and the test split's images replaced. Passes when the trained encoder, the "
+        "reported pseudo labels and the method's own metrics are bit-identical; otherwise each "
+        "substitution is tried alone and the one the training depends on is named. Exit 0: "
+        "passed; 1: a leak; 2: bad input, a cell that does not train, or a nondeterministic one.",
+    )
+    p.add_argument("--method", required=True,
+                   help="registered key (see `methods list`) or package.module:Class")
+    p.add_argument("--dataset", help="dataset key (default: the embedded dataset of each task the "
+                   "method supports)")
+    p.add_argument("--profile", choices=["paper", "quick", "ci"], default="ci")
+    p.add_argument("--mode", choices=["plain", "validation", "sweep", "all"], default="all",
+                   help="plain: the last epoch's model; validation: model selection on a carved "
+                   "hold-out; sweep: a sweep trial (default: all three)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", help="JSON or TOML file of config overrides")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once (default 2)")
+    p.add_argument("--out", default="results",
+                   help="results folder: verdicts go to <out>/audits/<method>.json, and records of "
+                   "cells run there say whether their method passed (default ./results)")
+    p.add_argument("--no-record", action="store_true", help="write no verdict file")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--weights", help="local ImageNet weights file (paper profile)")
+    p.add_argument("--root", help="data root (default: $BENCHMARK_DATA_ROOT, else ./data)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_audit)
 
     ms = sub.add_parser("methods", help="the registered method adapters")
     ms_sub = ms.add_subparsers(dest="methods_command", required=True)

@@ -202,6 +202,33 @@ class LabelSnoop(MethodAdapter):
         return nn.Sequential(nn.AdaptiveAvgPool2d((4, 2)), nn.Flatten(), nn.Linear(24, config["dim"]))
 
 
+class EpochLabelSnoop(ProbeMethod):
+    """ProbeMethod that, every epoch, inspects everything reachable from its fit arguments and
+    itself (the harness's scorers have run by the second epoch) and keeps what it found.
+
+    Deviations:
+    - not a published method: a probe of label isolation in validation mode and sweep trials
+    """
+
+    key = "epoch-label-snoop"
+    defaults: ClassVar[dict[str, Any]] = {
+        **ProbeMethod.defaults, "epochs": 2, "model_selection": "last", "validation_fraction": 0.2,
+    }
+
+    def setup(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> None:
+        super().setup(view, config, ctx)
+        self.view, self.given_config = view, config
+        SNOOPED.update(arrays=[], strings=[], num_objects=0, view_len=len(view))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        objects = reachable(self, self.view, self.given_config, self.ctx)
+        arrays, strings = arrays_and_strings(objects)
+        SNOOPED["arrays"] += arrays
+        SNOOPED["strings"] += strings
+        SNOOPED["num_objects"] = max(SNOOPED["num_objects"], len(objects))
+        return super().train_epoch(epoch)
+
+
 class CameraLabelSnoop(LabelSnoop):
     """LabelSnoop that declares camera-id use.
 
@@ -254,3 +281,17 @@ class SelectingProbe(ProbeMethod):
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         return {**super().train_epoch(epoch), "view_size": float(self.view_size)}
+
+
+class CategoricalProbe(TunableProbe):
+    """TunableProbe whose search space is one categorical setting, for grid sweeps.
+
+    Deviations:
+    - not a published method: a probe of grid sweeps
+    """
+
+    key = "categorical-probe"
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {"k": trial.suggest_categorical("k", [3, 5, 8])}

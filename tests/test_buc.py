@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine.contract import ConfigError, RunContext
+from benchmark.engine.contract import ConfigError, RunContext, run_epochs
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from methods.buc import BUC
@@ -41,7 +41,6 @@ def context(tmp: Path, seed: int, reported: dict[int, np.ndarray], callback=None
         task="reid", checkpoint_dir=tmp, rng=np.random.default_rng(seed),
         torch_generator=torch.Generator().manual_seed(seed),
         pseudo_label_hook=lambda epoch, labels: reported.__setitem__(epoch, labels.copy()),
-        epoch_callback=callback,
     )
 
 
@@ -49,7 +48,8 @@ def fit(tmp: Path, seed: int = 0, callback=None, **params) -> tuple[torch.nn.Mod
     adapter = BUC(**{**TINY, **params})
     config = adapter.resolve_config("tiny", "ci")
     reported: dict[int, np.ndarray] = {}
-    encoder = adapter.fit(tiny_view(), config, context(tmp, seed, reported, callback))
+    encoder = run_epochs(adapter, tiny_view(), config, context(tmp, seed, reported, callback),
+                         after_checkpoint=[callback] if callback else ())
     return encoder, reported
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine.contract import ConfigError, RunContext
+from benchmark.engine.contract import ConfigError, RunContext, run_epochs
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from methods.common.centrality import harmonic_centrality, information_nodes
@@ -186,10 +186,10 @@ def fit(tmp: Path, seed: int = 0, kill_after: int | None = None, **params):
         task="reid", checkpoint_dir=tmp, rng=np.random.default_rng(seed),
         torch_generator=torch.Generator().manual_seed(seed),
         pseudo_label_hook=lambda epoch, labels: reported.__setitem__(epoch, labels.copy()),
-        epoch_callback=callback,
     )
     ctx.sink.log_epoch = lambda epoch, metrics: history.__setitem__(epoch, dict(metrics))
-    encoder = adapter.fit(tiny_view(), config, ctx)
+    encoder = run_epochs(adapter, tiny_view(), config, ctx,
+                         after_checkpoint=[callback] if callback else ())
     return adapter, encoder, reported, history
 
 

@@ -86,3 +86,76 @@ def test_a_killed_run_resumes_with_the_same_selection(tmp_path):
     _same(resumed, uninterrupted)
     assert resumed["selection"] == uninterrupted["selection"]
     assert resumed["metrics_last"] == uninterrupted["metrics_last"]
+
+
+def test_protocol_model_names_the_selected_epoch(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.2, 0.5, 0.3])
+    rec = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path / "a", "cpu", tracking=False,
+                   log=None)
+    assert rec["protocol"]["model"].startswith("epoch 1 of epochs 0-2: best validation mAP")
+    _scripted(monkeypatch, [0.1, 0.2, 0.3])
+    rec = run_cell(PROBE, "synthetic-reid", 0, "ci", tmp_path / "b", "cpu", tracking=False,
+                   log=None)
+    assert rec["protocol"]["model"].startswith("the last epoch of epochs 0-2")
+    plain = run_cell("engine_probes:ProbeMethod", "synthetic-reid", 0, "ci", tmp_path / "c", "cpu",
+                     tracking=False, log=None)
+    assert plain["protocol"]["model"] == "last epoch"
+
+
+def _scored_images(monkeypatch) -> list:
+    """Captures the images of every clustering set the harness evaluates on."""
+    import benchmark.engine.runner as runner
+
+    seen: list = []
+    real = runner.evaluate_encoder
+
+    def spy(encoder, dataset, **kwargs):
+        seen.append(dataset.images.copy())
+        return real(encoder, dataset, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_encoder", spy)
+    return seen
+
+
+def _overlap(scored, held) -> int:
+    """How many scored images are hold-out images (by their pixels, independently of indices)."""
+    held_set = {img.tobytes() for img in held}
+    return sum(img.tobytes() in held_set for img in scored)
+
+
+def test_clustering_scores_no_image_of_the_selection_hold_out(tmp_path, monkeypatch):
+    seen = _scored_images(monkeypatch)
+    rec = run_cell(PROBE, "digits", 0, "ci", tmp_path, "cpu", tracking=False, log=None)
+    assert rec["status"] == FINISHED, rec.get("error")
+    data = load_dataset("digits")
+    held = carve_validation(data, seed=0, fraction=0.2).validation.images
+    assert len(held) == 359 and seen
+    assert all(_overlap(images, held) == 0 for images in seen)
+    assert all(len(images) == len(data.images) - 359 for images in seen)
+    assert rec["protocol"]["scored_count"] == 1797 - 359
+    assert "1438 of 1797 images" in rec["protocol"]["scored_images"]
+
+
+def test_clustering_scores_no_image_of_the_sweep_that_tuned_it(tmp_path, monkeypatch):
+    """`run --params best_params.json` of a clustering sweep leaves the study's hold-out unscored;
+    a run without that provenance scores every image (the deep-clustering protocol)."""
+    from benchmark.tuning.study import BEST_PARAMS, SweepSpec, sweep
+
+    spec = SweepSpec(method="engine_probes:TunableProbe", dataset="digits", profile="ci",
+                     trials=2, out=str(tmp_path / "sweep"), seed=3, tracking=False,
+                     heartbeat_interval=5, fraction=0.25)
+    summary = sweep(spec)
+    params = json.loads((spec.folder / BEST_PARAMS).read_text())
+    assert params["_tuned_on"]["seed"] == 3 and params["_tuned_on"]["validation_fraction"] == 0.25
+    seen = _scored_images(monkeypatch)
+    rec = run_cell("engine_probes:TunableProbe", "digits", 0, "ci", tmp_path / "run", "cpu",
+                   tracking=False, log=None, params=params)
+    assert summary["best"] and rec["status"] == FINISHED, rec.get("error")
+    assert rec["tuned_on"]["study"] == spec.name and "_tuned_on" not in rec["params"]
+    assert rec["isolation"]["modes"] == ["plain", "sweep"]
+    held = carve_validation(load_dataset("digits"), seed=3, fraction=0.25).validation.images
+    assert _overlap(seen[-1], held) == 0 and len(seen[-1]) == 1797 - len(held)
+
+    untuned = run_cell("engine_probes:TunableProbe", "digits", 0, "ci", tmp_path / "plain",
+                       "cpu", tracking=False, log=None)
+    assert untuned["protocol"]["scored_count"] == 1797 and len(seen[-1]) == 1797

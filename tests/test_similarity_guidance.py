@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy.sparse.csgraph import connected_components
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine.contract import ConfigError, RunContext
+from benchmark.engine.contract import ConfigError, RunContext, run_epochs
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from methods.common.group_distance import (
@@ -241,9 +241,10 @@ def fit(tmp: Path, seed: int = 0, callback=None, **params) -> tuple[torch.nn.Mod
         task="reid", checkpoint_dir=tmp, rng=np.random.default_rng(seed),
         torch_generator=torch.Generator().manual_seed(seed),
         pseudo_label_hook=lambda epoch, labels: reported.__setitem__(epoch, labels.copy()),
-        epoch_callback=callback,
     )
-    return adapter.fit(tiny_view(), config, ctx), reported
+    encoder = run_epochs(adapter, tiny_view(), config, ctx,
+                         after_checkpoint=[callback] if callback else ())
+    return encoder, reported
 
 
 def embed(encoder: torch.nn.Module) -> torch.Tensor:

@@ -135,6 +135,9 @@ def test_sweep_writes_study_nested_mlflow_runs_and_best_params_for_run(tmp_path)
     assert summary["best"]["trial"] == best.number and summary["best"]["value"] == best.value
     # the best-parameters file holds the fixed params plus the best trial's suggestions
     params = json.loads((spec.folder / "best_params.json").read_text())
+    tuned_on = params.pop("_tuned_on")  # which hold-out chose them (clustering runs skip it)
+    assert tuned_on == {"study": spec.name, "dataset": "digits", "profile": "ci", "seed": 0,
+                        "validation_fraction": 0.2, "objective": "validation ACC"}
     assert params == {**FAST, "lr": best.params["lr"], "k": best.params["k"]}
     assert (spec.folder / "trials.csv").read_text().count("\n") == 4
     # MLflow: one study run, three trial runs nested under it, each with its validation metric
@@ -237,7 +240,7 @@ def test_tune_narrows_the_search_and_fixed_params_are_not_searched(tmp_path):
     assert all(set(t.user_attrs["config_overrides"]) == {"k"} for t in trials)
     assert summary["tuned"] == ["k"]
     best = json.loads(Path(summary["best_params_file"]).read_text())
-    assert set(best) == set(FAST) | {"k"}  # lr keeps the resolved default: not in the file
+    assert set(best) == set(FAST) | {"k", "_tuned_on"}  # lr keeps its default: not in the file
 
     fixed = _spec(tmp_path, trials=2, tracking=False, study_name="lr-fixed",
                   base_params={**FAST, "lr": 0.05})
@@ -259,3 +262,17 @@ def test_tune_refuses_unknown_names_and_an_empty_search(tmp_path, capsys):
                "1", "--out", str(tmp_path), "--no-tracking", "--params", str(params),
                "--tune", "lr,momentum"])
     assert rc == 2 and "--tune names momentum" in capsys.readouterr().err
+
+
+def test_grid_tries_every_combination_once(tmp_path):
+    spec = _spec(tmp_path, trials=3, tracking=False, method="engine_probes:CategoricalProbe",
+                 grid=True, prune=False)
+    summary = sweep(spec)
+    trials = _study(spec).get_trials()
+    assert sorted(t.params["k"] for t in trials) == [3, 5, 8]
+    assert summary["sampler"] == "grid" and summary["trials"] == {"COMPLETE": 3}
+    with pytest.raises(ValueError, match="3 combinations"):
+        sweep(_spec(tmp_path, trials=4, tracking=False, method="engine_probes:CategoricalProbe",
+                    grid=True, study_name="too-many"))
+    with pytest.raises(ValueError, match="--grid needs categorical parameters; k, lr of tunable-probe"):
+        sweep(_spec(tmp_path, trials=1, tracking=False, grid=True, study_name="continuous"))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine.contract import ConfigError, MetricSink, RunContext
+from benchmark.engine.contract import ConfigError, MetricSink, RunContext, run_epochs
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from methods.common.gradient_reversal import GradientReversal, grad_reverse
@@ -338,9 +338,9 @@ def fit(tmp: Path, seed: int = 0, cls=USSL, callback=None, view=None, **params):
         task="reid", checkpoint_dir=tmp, rng=np.random.default_rng(seed),
         torch_generator=torch.Generator().manual_seed(seed), sink=Sink(),
         pseudo_label_hook=lambda e, labels: reported.__setitem__(e, labels.copy()),
-        epoch_callback=callback,
     )
-    encoder = adapter.fit(view if view is not None else tiny_view(), config, ctx)
+    encoder = run_epochs(adapter, view if view is not None else tiny_view(), config, ctx,
+                         after_checkpoint=[callback] if callback else ())
     return encoder, ctx.sink.history, reported
 
 
@@ -370,6 +370,10 @@ def test_declarations_and_paper_defaults():
         def suggest_float(self, name, low, high, log=False):
             assert low < high
             return low
+
+        def suggest_categorical(self, name, choices):
+            assert len(choices) > 1
+            return choices[0]
 
     space = USSL.search_space(Trial())
     assert space and set(space) <= set(USSL.defaults)

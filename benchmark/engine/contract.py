@@ -1,13 +1,29 @@
 """The method adapter contract (DESIGN.md, "Methods: the adapter contract").
 
 Like a scikit-learn estimator, an adapter's `__init__` only stores parameters; `fit` does the work.
-Like torchreid, the harness owns the loop: `EpochMethod.fit` runs setup -> (resume) -> per epoch
-`train_epoch` -> checkpoint -> harness callback, so that seeding, logging, checkpoints and resume
-behave the same for every method, and a method only writes the steps that make it different.
+Like torchreid, the harness owns the loop: `run_epochs` runs setup -> (resume) -> per epoch
+`train_epoch` -> log -> harness scorers -> checkpoint -> harness hooks, so that seeding, logging,
+checkpoints and resume behave the same for every method, and a method only writes the steps that
+make it different.
 
-What an adapter receives is an `UnlabeledView` (images; camera ids only when `uses_camera_ids`), its
-resolved config, and a `RunContext`. Labels never reach it: pseudo-label quality is computed by the
-harness from labels it keeps, through `RunContext.report_pseudo_labels`, which returns nothing.
+The isolation guarantee (DESIGN.md, integrity rule 1), checkable by reading this file:
+
+- An adapter receives exactly three things: an `UnlabeledView` (image bytes or pixels in a seeded
+  order; camera ids only when `uses_camera_ids`), its resolved config (plain values), and a
+  `RunContext`. The context's fields are listed below; none holds a label, an identity, a file name,
+  a validation split or the test split. Its `sink` holds the method's own metrics and pseudo labels,
+  and its `pseudo_label_hook` stores into that sink.
+- The harness's scorers (model selection on a validation hold-out, sweep pruning, pseudo-label
+  diagnostics) never hang off anything the adapter receives: `run_epochs` takes them as arguments
+  from the harness and calls them between epochs, and pseudo-label quality is computed from hidden
+  labels after `fit` returns (`benchmark.engine.runner.fit_cell`). An `EpochMethod` may not
+  override `fit`: the harness drives its steps, so no adapter code runs between a scorer and the
+  encoder it scores.
+- Python cannot hide memory from code running in the same process (`gc.get_objects()`, stack
+  frames, the file system). What structure cannot rule out, `benchmark audit` tests: it trains a
+  cell again with the hidden training labels permuted, training file names replaced, validation
+  labels permuted and the test split replaced, and requires the encoder to be bit-identical
+  (`benchmark.engine.audit`).
 """
 
 from __future__ import annotations
@@ -16,7 +32,7 @@ import inspect
 import os
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -129,16 +145,54 @@ class EpochMethod(MethodAdapter):
         raise NotImplementedError
 
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: "RunContext") -> nn.Module:
-        self.setup(view, config, ctx)
-        start = 0
-        resumed = ctx.load_checkpoint()
-        if resumed is not None:
-            self.load_state_dict(resumed["method"])
-            start = int(resumed["epoch"]) + 1
-        for epoch in range(start, self.num_epochs(config)):
-            metrics = self.train_epoch(epoch)
-            ctx.end_epoch(epoch, metrics, self.state_dict(), self.encoder())
-        return self.encoder()
+        """The harness loop with no scorers (what the harness itself runs is `run_epochs`)."""
+        return run_epochs(self, view, config, ctx)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fit" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__qualname__}: an EpochMethod implements setup / "
+                "train_epoch / state_dict / load_state_dict / encoder, not fit (the harness drives "
+                "the epoch loop); subclass MethodAdapter to own fit"
+            )
+
+
+EpochHook = Callable[[int, nn.Module], None]
+
+
+def run_epochs(
+    method: EpochMethod,
+    view: UnlabeledView,
+    config: Mapping[str, Any],
+    ctx: "RunContext",
+    *,
+    before_checkpoint: Sequence[EpochHook] = (),
+    after_checkpoint: Sequence[EpochHook] = (),
+) -> nn.Module:
+    """The harness's epoch loop: setup, resume from the latest checkpoint, then per epoch
+    `train_epoch`, log, `before_checkpoint` hooks (model selection), checkpoint, `after_checkpoint`
+    hooks (pruning). The hooks are the harness's and are not reachable from `method`, `view`,
+    `config` or `ctx`.
+
+    Logging and scoring come before the save: the checkpoint then carries this epoch's history, the
+    RNG states it stores are those after scoring (as in an uninterrupted run), and a crash between
+    the two re-runs the epoch, whose metrics and score replace the same epoch's entries."""
+    method.setup(view, config, ctx)
+    start = 0
+    resumed = ctx.load_checkpoint()
+    if resumed is not None:
+        method.load_state_dict(resumed["method"])
+        start = int(resumed["epoch"]) + 1
+    for epoch in range(start, method.num_epochs(config)):
+        metrics = method.train_epoch(epoch)
+        ctx.sink.log_epoch(epoch, metrics)
+        for hook in before_checkpoint:
+            hook(epoch, method.encoder())
+        ctx.save_checkpoint(epoch, method.state_dict())
+        for hook in after_checkpoint:
+            hook(epoch, method.encoder())
+    return method.encoder()
 
 
 # -- the run context ------------------------------------------------------------------------------
@@ -201,10 +255,8 @@ class RunContext:
     checkpoint_dir: Path
     rng: np.random.Generator
     torch_generator: torch.Generator
-    sink: MetricSink = field(default_factory=MetricSink)
-    # Harness hooks, never given labels back to the method:
-    epoch_callback: Callable[[int, nn.Module], None] | None = None  # after the checkpoint: pruning
-    selection_callback: Callable[[int, nn.Module], None] | None = None  # before it: model selection
+    sink: MetricSink = field(default_factory=MetricSink)  # the method's metrics; no ground truth
+    # Where reported pseudo labels go (the runner: the sink's store); takes labels, returns nothing.
     pseudo_label_hook: Callable[[int, np.ndarray], None] | None = None
     keep_checkpoints: int = 1
     weights: Path | None = None  # local ImageNet weights file (`--weights`) for pretrained backbones
@@ -252,18 +304,3 @@ class RunContext:
         _restore_rng(self, state["rng"])
         self.sink.load_state(state.get("sink", {}))
         return state
-
-    def end_epoch(
-        self, epoch: int, metrics: Mapping[str, float], method_state: Mapping[str, Any],
-        encoder: nn.Module,
-    ) -> None:
-        # Log before saving: the checkpoint then carries this epoch's history, and a crash between
-        # the two re-runs the epoch, whose metrics overwrite the same epoch's entry. Model selection
-        # scores before the save too: the checkpoint's RNG states are then those after scoring, as
-        # in an uninterrupted run, and a re-run epoch replaces its own score.
-        self.sink.log_epoch(epoch, metrics)
-        if self.selection_callback is not None:
-            self.selection_callback(epoch, encoder)
-        self.save_checkpoint(epoch, method_state)
-        if self.epoch_callback is not None:
-            self.epoch_callback(epoch, encoder)

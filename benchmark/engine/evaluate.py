@@ -59,7 +59,7 @@ def evaluation_size(dataset: Dataset, profile: Profile) -> tuple[int, int]:
     return (int(dataset.images.shape[1]), int(dataset.images.shape[2]))
 
 
-def _features(
+def encoder_features(
     encoder: nn.Module, images: Sequence, size: tuple[int, int], profile: Profile,
     device: torch.device,
 ) -> torch.Tensor:
@@ -87,8 +87,8 @@ def evaluate_encoder(
     if isinstance(dataset, ReidDataset):
         from benchmark.evaluation.reid import evaluate_reid_features
 
-        q = _features(encoder, PathImages(dataset.query.paths), size, profile, device)
-        g = _features(encoder, PathImages(dataset.gallery.paths), size, profile, device)
+        q = encoder_features(encoder, PathImages(dataset.query.paths), size, profile, device)
+        g = encoder_features(encoder, PathImages(dataset.gallery.paths), size, profile, device)
         result = evaluate_reid_features(
             q, g, dataset.query.pids, dataset.gallery.pids, dataset.query.camids,
             dataset.gallery.camids, metric="cosine", device=device,
@@ -100,7 +100,7 @@ def evaluate_encoder(
         from benchmark.evaluation.clustering import evaluate_clustering_features
 
         images = UnlabeledView(pixels=dataset.images, kind="clustering")  # dataset order, no shuffle
-        feats = _features(encoder, images, size, profile, device)
+        feats = encoder_features(encoder, images, size, profile, device)
         result = evaluate_clustering_features(feats.numpy(), dataset.labels, seed)
         protocol.update(task="clustering", splits="all images (train and test together)",
                         feature_dim=int(feats.shape[1]),

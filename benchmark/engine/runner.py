@@ -16,7 +16,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,15 @@ from benchmark.data.unlabeled import (
     clustering_view,
     reid_view,
 )
-from benchmark.engine.contract import MethodAdapter, MetricSink, RunContext
+from benchmark.engine.contract import (
+    EpochHook,
+    EpochMethod,
+    MethodAdapter,
+    MetricSink,
+    RunContext,
+    run_epochs,
+)
+from benchmark.engine.audit_log import isolation_status
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.method_registry import get_method, method_names
 from benchmark.engine.profiles import Profile, get_profile
@@ -62,7 +70,12 @@ from benchmark.engine.selection import (
     selection_mode,
 )
 from benchmark.engine.tracking import PENDING_NAME, log_cell, resolve_tracking_uri
-from benchmark.tuning.validation import DEFAULT_FRACTION, carve_validation
+from benchmark.tuning.validation import (
+    DEFAULT_FRACTION,
+    ValidationSplit,
+    carve_validation,
+    without_images,
+)
 
 CHECKPOINTS = "checkpoints"
 PSEUDO_LABEL_PROTOCOL = (
@@ -182,6 +195,7 @@ class Trained:
     encoder: nn.Module
     history: list[dict[str, Any]]  # per epoch: the method's metrics and pseudo-label quality
     nondeterministic_ops: list[str]  # ops torch warned about while training
+    pseudo_labels: dict[int, np.ndarray] = field(default_factory=dict)  # as reported, per epoch
 
 
 def fit_cell(
@@ -190,21 +204,127 @@ def fit_cell(
     hidden: HiddenLabels,
     config: Mapping[str, Any],
     ctx: RunContext,
+    *,
+    before_checkpoint: Sequence[EpochHook] = (),
+    after_checkpoint: Sequence[EpochHook] = (),
 ) -> Trained:
-    """The training half of a cell: `adapter.fit` on the view (under the collector of ops without a
+    """The training half of a cell: the method on the view (under the collector of ops without a
     deterministic implementation), then the pseudo labels it reported scored against `hidden`.
 
-    `hidden` is not reachable from anything `fit` receives; scrambling it changes the diagnostics
-    only, never the encoder (tests/test_adapter_conformance.py checks this for every adapter)."""
+    An `EpochMethod` is driven by the harness's `run_epochs`, with the harness's scorers as its
+    hooks (model selection before each checkpoint, pruning after it); any other adapter's `fit`
+    runs whole. Neither `hidden` nor the hooks are reachable from what the adapter receives;
+    scrambling them changes the diagnostics and scores only, never the trained encoder (`benchmark
+    audit` and tests/test_adapter_conformance.py check this for every adapter)."""
     if not isinstance(ctx.sink, HistorySink):
         raise TypeError("fit_cell needs a context made by make_context (a HistorySink)")
     with collect_nondeterministic_ops() as warned:
-        encoder = adapter.fit(view, dict(config), ctx)
+        if isinstance(adapter, EpochMethod):
+            encoder = run_epochs(adapter, view, dict(config), ctx,
+                                 before_checkpoint=before_checkpoint,
+                                 after_checkpoint=after_checkpoint)
+        else:
+            encoder = adapter.fit(view, dict(config), ctx)
     if not isinstance(encoder, nn.Module):
         raise TypeError(
             f"{adapter.key}: fit returned {type(encoder).__name__}, not a torch.nn.Module encoder"
         )
-    return Trained(encoder, ctx.sink.history_with_quality(hidden.labels), list(warned))
+    return Trained(encoder, ctx.sink.history_with_quality(hidden.labels), list(warned),
+                   dict(ctx.sink.pseudo))
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The data a cell trains and selects on, decided before training starts.
+
+    `train` feeds the method (a re-ID dataset's training split, a clustering set's images);
+    `selection` is the hold-out carved from the training data that a validation-selected model is
+    scored on (None when the last epoch's model is reported). The audit substitutes labels, file
+    names and the test split in a plan and trains it again (`benchmark.engine.audit`)."""
+
+    train: Dataset
+    selection: ValidationSplit | None = None
+
+
+def plan_training(data: Dataset, config: Mapping[str, Any], seed: int) -> TrainingPlan:
+    if selection_mode(config) != "validation":
+        return TrainingPlan(train=data)
+    # the method's own model selection: on a hold-out of the training split only
+    split = carve_validation(data, seed=seed,
+                             fraction=float(config.get(FRACTION_KEY, DEFAULT_FRACTION)))
+    return TrainingPlan(train=split.train, selection=split)
+
+
+def train_cell(
+    adapter: MethodAdapter,
+    plan: TrainingPlan,
+    config: Mapping[str, Any],
+    *,
+    seed: int,
+    profile: Profile,
+    device: torch.device,
+    dataset: str,
+    checkpoint_dir: Path,
+    sink: HistorySink,
+    weights: Path | None = None,
+) -> tuple[Trained, BestOnValidation | None]:
+    """Train `adapter` on `plan`: its view, its context, and the harness's selector (scoring each
+    epoch on `plan.selection`, kept in `checkpoint_dir`) as a hook of the epoch loop."""
+    selector = None
+    if plan.selection is not None:
+        selector = BestOnValidation(plan.selection, profile, device, seed,
+                                    checkpoint_dir / SELECTED)
+    view, hidden = build_view(plan.train, type(adapter), seed)
+    ctx = make_context(device=device, seed=seed, profile=profile, dataset=dataset,
+                       task=plan.train.kind, checkpoint_dir=checkpoint_dir, sink=sink,
+                       weights=weights)
+    trained = fit_cell(adapter, view, hidden, config, ctx,
+                       before_checkpoint=[selector] if selector is not None else ())
+    return trained, selector
+
+
+TUNED_ON_KEY = "_tuned_on"  # in a sweep's best_params.json: the study whose hold-out chose them
+
+
+def scored_part(
+    data: Dataset, plan: TrainingPlan, tuned_on: Mapping[str, Any] | None, dataset: str
+) -> tuple[Dataset, dict[str, Any]]:
+    """What the cell's reported metrics are computed on, and the record's account of it.
+
+    Integrity rule 1: no image whose label selected or tuned the model counts in a reported number.
+    Re-ID hold-outs are training identities, which the test protocol never scores. A clustering set
+    is learned and scored on the same images, so its scored part is every image outside the
+    validation hold-out that selected the model and the sweep hold-out that tuned its parameters
+    (`run --params best_params.json` carries the study's seed and fraction)."""
+    if not isinstance(data, ClusteringDataset):
+        return data, {"scored_images": "the test split (query x gallery); validation and sweep "
+                                       "hold-outs are training identities, never scored"}
+    excluded: list[np.ndarray] = []
+    reasons = []
+    if plan.selection is not None:
+        excluded.append(plan.selection.held_out)
+        d = plan.selection.description
+        reasons.append(f"{plan.selection.held_out.size} that selected the model (validation "
+                       f"hold-out, seed {d.get('seed')}, {d.get('fraction')})")
+    if tuned_on and tuned_on.get("dataset") == dataset:
+        study = carve_validation(data, seed=int(tuned_on["seed"]),
+                                 fraction=float(tuned_on["validation_fraction"]))
+        excluded.append(study.held_out)
+        reasons.append(f"{study.held_out.size} that tuned its parameters (sweep "
+                       f"{tuned_on.get('study')!r} hold-out, seed {tuned_on['seed']}, "
+                       f"{tuned_on['validation_fraction']})")
+    total = len(data.labels)
+    if not excluded:
+        return data, {"scored_images": f"all {total} images (train and test together)",
+                      "scored_count": total}
+    held = np.unique(np.concatenate(excluded))
+    scored = without_images(data, held, "images outside the hold-outs")
+    return scored, {
+        "scored_images": f"{total - held.size} of {total} images: every image except the "
+                         + " and the ".join(reasons),
+        "scored_count": int(total - held.size),
+        "excluded_count": int(held.size),
+    }
 
 
 def _dataset_facts(card: ProtocolCard, dataset: Dataset) -> dict[str, Any]:
@@ -235,7 +355,7 @@ def _nondeterministic(
     return ops
 
 
-def _method_ref(method: str | type[MethodAdapter]) -> tuple[type[MethodAdapter], str]:
+def method_ref(method: str | type[MethodAdapter]) -> tuple[type[MethodAdapter], str]:
     if isinstance(method, str):
         return get_method(method), method
     return method, f"{method.__module__}:{method.__qualname__}"
@@ -264,14 +384,23 @@ def run_cell(
     dataset's task, a dataset that is not present); a failure while training or evaluating is
     written to the record as status "failed" instead.
     """
-    cls, ref = _method_ref(method)
+    cls, ref = method_ref(method)
     prof = get_profile(profile)
     card = get_card(dataset)
     if card.kind not in cls.tasks:
         raise ValueError(
             f"method {cls.key} supports {', '.join(cls.tasks)}; dataset {dataset} is {card.kind}"
         )
-    adapter = cls(**dict(params or {}))
+    params = dict(params or {})
+    tuned_on = params.pop(TUNED_ON_KEY, None)
+    if tuned_on is not None and not (
+        isinstance(tuned_on, Mapping) and isinstance(tuned_on.get("seed"), int)
+        and isinstance(tuned_on.get("validation_fraction"), (int, float))
+    ):
+        raise ValueError(f"parameter {TUNED_ON_KEY} must be a sweep's account of its hold-out "
+                         f"(seed, validation_fraction, as best_params.json writes it), got "
+                         f"{tuned_on!r}")
+    adapter = cls(**params)
     config = adapter.resolve_config(dataset, prof.name)
     selection_mode(config)  # a bad value fails here, before anything is written
     dev = resolve_device(device)
@@ -313,7 +442,8 @@ def run_cell(
             "tasks": list(cls.tasks),
             "uses_camera_ids": cls.uses_camera_ids,
             "deviations": cls.deviations(),
-            "params": dict(params or {}),
+            "params": params,
+            "tuned_on": tuned_on,  # the sweep whose validation hold-out chose `params`, if any
             "config": config,
             "profile_settings": prof.as_dict(),
             "weights": str(weights_path) if weights_path else None,
@@ -321,41 +451,39 @@ def run_cell(
             "environment": environment(dev),
             "started_at": started,
         }
+        audit_modes = [selection_mode(config) if selection_mode(config) == "validation" else "plain"]
+        if tuned_on:
+            audit_modes.append("sweep")
+        # whether `benchmark audit --out` showed this adapter's training isolated (integrity rule 1)
+        record["isolation"] = isolation_status(out, cls.key, ref, audit_modes,
+                                               record["environment"])
         encoder: nn.Module | None = None
         warned: list[str] = []
         sink = HistorySink(prefix, log)
         try:
             data = load_dataset(dataset, root)
             record["dataset_facts"] = _dataset_facts(card, data)
-            selector = None
-            train_data = data
-            if selection_mode(config) == "validation":
-                # the method's own model selection: on a hold-out of the training split only
-                split = carve_validation(data, seed=seed,
-                                         fraction=float(config.get(FRACTION_KEY, DEFAULT_FRACTION)))
-                train_data = split.train
-                selector = BestOnValidation(split, prof, dev, seed, cell / CHECKPOINTS / SELECTED)
-            view, hidden = build_view(train_data, cls, seed)
-            ctx = make_context(
-                device=dev, seed=seed, profile=prof, dataset=dataset, task=card.kind,
+            plan = plan_training(data, config, seed)
+            record["resumed_from_epoch"] = _latest_checkpoint_epoch(cell / CHECKPOINTS)
+            trained, selector = train_cell(
+                adapter, plan, config, seed=seed, profile=prof, device=dev, dataset=dataset,
                 checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
             )
-            ctx.selection_callback = selector
-            resumed = _latest_checkpoint_epoch(cell / CHECKPOINTS)
-            record["resumed_from_epoch"] = resumed
-            trained = fit_cell(adapter, view, hidden, config, ctx)
             encoder, warned = trained.encoder, trained.nondeterministic_ops
             record["train_time_s"] = sink.elapsed_s()
             record["history"] = trained.history
-            del view, hidden
             if log is not None:
                 log(f"{prefix}evaluating")
-            metrics, protocol = evaluate_encoder(encoder, data, profile=prof, device=dev, seed=seed)
+            scored, scored_note = scored_part(data, plan, tuned_on, dataset)
+            metrics, protocol = evaluate_encoder(encoder, scored, profile=prof, device=dev,
+                                                 seed=seed)
+            protocol.update(scored_note)
             if selector is not None:
                 record["metrics_last"] = metrics  # the last epoch's model, reported beside
                 record["selection"] = selector.summary()
+                protocol["model"] = selector.model_description()
                 if not selector.last_is_best():
-                    metrics, _ = evaluate_encoder(selector.selected(encoder), data, profile=prof,
+                    metrics, _ = evaluate_encoder(selector.selected(encoder), scored, profile=prof,
                                                   device=dev, seed=seed)
             if any("pseudo_labels" in row for row in trained.history):
                 protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL

@@ -4,7 +4,8 @@ picks its model by validation accuracy (similarity-guidance's Algorithm 1).
 Integrity rule 1 of DESIGN.md: no test-split number may choose a model. The harness carves the
 hold-out from the training split (`benchmark.tuning.validation`), trains the method on the rest,
 scores the encoder on the hold-out after every epoch (the method never sees those labels: the
-scoring is the harness's epoch callback), keeps the best epoch's weights, and evaluates both that
+selector is a hook of the harness's epoch loop, `run_epochs`, and nothing the method receives
+refers to it), keeps the best epoch's weights, and evaluates both that
 model and the last one on the test split. The selector's state is written atomically after every
 epoch, before the harness's checkpoint, so a resumed run selects as an uninterrupted one does.
 """
@@ -57,7 +58,7 @@ def validation_score(
 
 
 class BestOnValidation:
-    """Epoch callback keeping the weights of the epoch with the best validation metric.
+    """Epoch hook keeping the weights of the epoch with the best validation metric.
 
     Ties keep the earlier epoch. `path` holds the per-epoch scores and the best weights between a
     crash and its resume.
@@ -102,6 +103,15 @@ class BestOnValidation:
         model = copy.deepcopy(last)
         model.load_state_dict(self.best_state)
         return model
+
+    def model_description(self) -> str:
+        """The record's `protocol["model"]`: which epoch's weights the reported metrics are of."""
+        if self.best_epoch is None:
+            return "last epoch (no epoch was scored on the validation split)"
+        last = max(self.scores)
+        chosen = "the last epoch" if self.best_epoch == last else f"epoch {self.best_epoch}"
+        return (f"{chosen} of epochs 0-{last}: best validation {self.metric} on a hold-out "
+                "carved from the training data")
 
     def summary(self) -> dict[str, Any]:
         return {

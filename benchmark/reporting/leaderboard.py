@@ -206,6 +206,9 @@ def _row_flags(method: str, group: pd.DataFrame, withdrawn: bool,
         flags.append(f"{len(deviations)} deviation{'s' if len(deviations) > 1 else ''} [{tag}]")
     if group["uses_camera_ids"].any():
         flags.append("camera ids")
+    finished = group[group["status"] == "finished"]
+    if not finished.empty:  # integrity rule 1: whether `benchmark audit` showed it isolated
+        flags.append("isolation: " + ", ".join(dict.fromkeys(finished["isolation"])))
     if withdrawn:
         flags.append("withdrawn dataset")
     failed = group[group["status"] != "finished"]
@@ -216,6 +219,18 @@ def _row_flags(method: str, group: pd.DataFrame, withdrawn: bool,
         notes.append(f"{method}: seed(s) {seeds} failed ({reasons or 'no error recorded'}); "
                      "left out of the means.")
     return "; ".join(flags)
+
+
+def _scored_notes(cells: pd.DataFrame, methods: Sequence[str]) -> list[str]:
+    """Which images each method's numbers were computed on (integrity rule 1: a clustering cell
+    whose model was selected or tuned on a hold-out does not score it)."""
+    finished = cells[cells["status"] == "finished"]
+    per_method = {m: "; ".join(dict.fromkeys(finished.loc[finished["method"] == m, "scored"]
+                                             .dropna())) for m in methods}
+    per_method = {m: text for m, text in per_method.items() if text}
+    if len(set(per_method.values())) == 1:
+        return [f"Scored images: {next(iter(per_method.values()))}."]
+    return [f"Scored images, {m}: {text}." for m, text in per_method.items()]
 
 
 def _build_table(dataset: str, profile: str, records: Sequence[Mapping[str, Any]],
@@ -273,12 +288,13 @@ def _build_table(dataset: str, profile: str, records: Sequence[Mapping[str, Any]
              for m in methods]
     present = tuple(m for m in metric_names if m in set(agg["metric"]))
     any_claim = bool(agg["claim"].notna().any()) if not agg.empty else False
+    scored_notes = _scored_notes(cells, methods) if kind == "clustering" else []
     return Table(
         dataset=dataset, title=title, profile=profile, kind=kind, synthetic=synthetic,
         withdrawn=withdrawn, metrics=present or metric_names, cells=agg,
         rows=pd.DataFrame({"method": methods, "flags": flags}), claims_shown=any_claim,
         note=_note(profile, synthetic, withdrawn, any_claim, provenance), provenance=provenance,
-        footnotes=deviation_notes + claim_notes + failure_notes,
+        footnotes=deviation_notes + claim_notes + failure_notes + scored_notes,
     )
 
 

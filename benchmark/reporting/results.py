@@ -99,6 +99,18 @@ def _commit(env: Mapping[str, Any]) -> str:
     return str(commit)[:12] + ("+uncommitted changes" if env.get("dirty") else "")
 
 
+def isolation_text(isolation: Mapping[str, Any] | None) -> str:
+    """A record's `isolation` (benchmark.engine.audit_log) in a few words, for tables."""
+    if not isolation:
+        return "audit not recorded"
+    if isolation.get("audited"):
+        commit = str(isolation.get("commit") or "unknown commit")[:12]
+        return f"audited at {commit}" + ("" if isolation.get("same_code") else " (other code)")
+    if "FAILED" in str(isolation.get("note", "")):
+        return "audit FAILED"
+    return "not audited"
+
+
 def cells_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record: the cell, its status and the provenance a table prints."""
     rows = []
@@ -119,9 +131,12 @@ def cells_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             "torch": (env.get("packages") or {}).get("torch"),
             "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else "",
             "path": r.get("_path", ""),
+            "isolation": isolation_text(r.get("isolation")),
+            "scored": (r.get("protocol") or {}).get("scored_images"),
         })
     columns = [*CELL_KEYS, "status", "kind", "synthetic", "withdrawn", "backbone", "pretrained",
-               "uses_camera_ids", "deviations", "commit", "hardware", "torch", "error", "path"]
+               "uses_camera_ids", "deviations", "commit", "hardware", "torch", "error", "path",
+               "isolation", "scored"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -3,7 +3,9 @@
 The trial runs the same code path as `run` (view, seeding, the harness's epoch loop, evaluation) on
 `ValidationSplit.train`; the dataset's query/gallery (re-ID) are never loaded into the trial, so no
 test number can reach the objective. After every epoch the harness evaluates the encoder on the
-validation split and reports it to Optuna, which may prune the trial (MedianPruner). The objective
+validation split and reports it to Optuna, which may prune the trial (MedianPruner). That scorer is
+a hook of the harness's epoch loop (`run_epochs`): nothing the method receives refers to it or to
+the split. The objective
 is the validation metric of the last epoch, the same model `run` reports.
 """
 
@@ -20,7 +22,7 @@ from torch import nn
 
 from benchmark.engine.contract import EpochMethod, MethodAdapter
 from benchmark.engine.profiles import Profile
-from benchmark.engine.runner import HistorySink, build_view, fit_cell, make_context
+from benchmark.engine.runner import HistorySink, Trained, build_view, fit_cell, make_context
 from benchmark.engine.seeding import cpu_threads, seed_everything
 from benchmark.engine.selection import validation_metric, validation_score
 from benchmark.tuning.validation import ValidationSplit
@@ -40,6 +42,7 @@ class TrialOutcome:
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
     epoch_values: list[float] = field(default_factory=list)
+    trained: Trained | None = None  # the encoder and what the method reported (for the audit)
 
 
 def run_trial(
@@ -76,6 +79,7 @@ def run_trial(
                 task=split.train.kind, checkpoint_dir=workdir / "checkpoints",
                 sink=HistorySink(f"[trial {workdir.name}] ", log),
             )
+            hooks = []
             if isinstance(adapter, EpochMethod):
                 def after_epoch(epoch: int, encoder: nn.Module) -> None:
                     last.clear()
@@ -85,12 +89,12 @@ def run_trial(
                     if report is not None and report(epoch, value):
                         raise Pruned(epoch)
 
-                ctx.epoch_callback = after_epoch
-            trained = fit_cell(adapter, view, hidden, config, ctx)
+                hooks.append(after_epoch)
+            trained = fit_cell(adapter, view, hidden, config, ctx, after_checkpoint=hooks)
             del view, hidden
             # the last epoch's evaluation is the reported model's: no need to repeat it
             metrics = dict(last) or validation_score(trained.encoder, split, profile, device, seed)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return TrialOutcome(value=float(metrics[metric]), metrics=metrics, history=trained.history,
-                        epoch_values=epoch_values)
+                        epoch_values=epoch_values, trained=trained)

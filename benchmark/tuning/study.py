@@ -44,7 +44,7 @@ from benchmark.engine.contract import MethodAdapter
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from benchmark.engine.records import jsonable, write_record
-from benchmark.engine.runner import resolve_device
+from benchmark.engine.runner import TUNED_ON_KEY, resolve_device
 from benchmark.engine.selection import validation_metric
 from benchmark.engine.tracking import is_remote_uri, resolve_tracking_uri
 from benchmark.tuning.objective import Pruned, run_trial
@@ -82,6 +82,7 @@ class SweepSpec:
     worker_index: int = 0  # seeds this process's sampler; workers of one study need different ones
     tune: tuple[str, ...] | None = None  # search only these names of the search space (None: all)
     prune: bool = True  # MedianPruner on the per-epoch validation metric
+    grid: bool = False  # every combination of the tuned (categorical) choices, not TPE
 
     @property
     def name(self) -> str:
@@ -130,13 +131,20 @@ def _identity(spec: SweepSpec, metric: str) -> dict[str, Any]:
     return {"method": get_method(spec.method).key, "dataset": spec.dataset,
             "profile": spec.profile, "seed": spec.seed, "objective": f"validation {metric}",
             "validation_fraction": spec.fraction, "base_params": jsonable(spec.base_params),
-            "tuned": sorted(tuned_names(get_method(spec.method), spec))}
+            "tuned": sorted(tuned_names(get_method(spec.method), spec)),
+            **({"sampler": "grid"} if spec.grid else {})}
 
 
 def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.Study:
     storage = make_storage(spec)
     # constant_liar: a running trial counts as a bad result, so parallel workers spread out
-    sampler = optuna.samplers.TPESampler(seed=spec.seed * 1000 + worker_index, constant_liar=True)
+    sampler: optuna.samplers.BaseSampler
+    if spec.grid:  # settles a few discrete settings: each combination once, in a seeded order
+        sampler = optuna.samplers.GridSampler(grid_space(get_method(spec.method), spec),
+                                              seed=spec.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=spec.seed * 1000 + worker_index,
+                                             constant_liar=True)
     # Without pruning when trials' schedules differ in length: epoch e is then not the same stage.
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if spec.prune
               else optuna.pruners.NopPruner())
@@ -155,10 +163,12 @@ def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.St
 
 
 class _NamesTrial:
-    """Answers every suggestion with its first allowed value and records the names asked for."""
+    """Answers every suggestion with its first allowed value and records the names asked for
+    (and the choices of categorical ones)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.choices: dict[str, list[Any]] = {}
 
     def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
         self.names.append(name)
@@ -170,6 +180,7 @@ class _NamesTrial:
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         self.names.append(name)
+        self.choices[name] = list(choices)
         return next(iter(choices))
 
 
@@ -178,6 +189,25 @@ def search_space_names(cls: type[MethodAdapter]) -> list[str]:
     trial = _NamesTrial()
     cls.search_space(trial)
     return trial.names
+
+
+def grid_space(cls: type[MethodAdapter], spec: SweepSpec) -> dict[str, list[Any]]:
+    """The choices of every tuned name, for `--grid`; ValueError when one is not categorical."""
+    trial = _NamesTrial()
+    cls.search_space(trial)
+    names = sorted(tuned_names(cls, spec))
+    continuous = [n for n in names if n not in trial.choices]
+    if continuous:
+        raise ValueError(f"--grid needs categorical parameters; {', '.join(continuous)} of "
+                         f"{cls.key} are not (name the categorical ones with --tune)")
+    return {n: trial.choices[n] for n in names}
+
+
+def grid_size(cls: type[MethodAdapter], spec: SweepSpec) -> int:
+    size = 1
+    for choices in grid_space(cls, spec).values():
+        size *= len(choices)
+    return size
 
 
 def tuned_names(cls: type[MethodAdapter], spec: SweepSpec) -> set[str]:
@@ -202,6 +232,9 @@ def check_search_space(cls: type[MethodAdapter], spec: SweepSpec | None = None) 
     if not tuned_names(cls, spec):
         raise ValueError(f"nothing left to tune: every searched parameter of {cls.key} "
                          f"({', '.join(spec.tune or names)}) is fixed by --params")
+    if spec.grid and spec.trials > grid_size(cls, spec):
+        raise ValueError(f"--grid has {grid_size(cls, spec)} combinations; --trials "
+                         f"{spec.trials} would repeat some")
 
 
 _NOT_TUNED = object()
@@ -415,7 +448,11 @@ def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
     if complete:
         best = study.best_trial
         params = {**spec.base_params, **best.user_attrs.get("config_overrides", {})}
-        write_record(folder / BEST_PARAMS, params)
+        # which hold-out chose them: a clustering run with these parameters does not score it
+        tuned_on = {"study": spec.name, "dataset": spec.dataset, "profile": spec.profile,
+                    "seed": spec.seed, "validation_fraction": spec.fraction,
+                    "objective": study.user_attrs.get("identity", {}).get("objective")}
+        write_record(folder / BEST_PARAMS, {**params, TUNED_ON_KEY: tuned_on})
         summary["best"] = {"trial": best.number, "value": best.value,
                            "validation_metrics": best.user_attrs.get("validation_metrics"),
                            "params": params}
@@ -430,6 +467,7 @@ def write_outputs(spec: SweepSpec, study: optuna.Study) -> dict[str, Any]:
 
 
 def spec_from(args: Any, base_params: Mapping[str, Any] | None) -> SweepSpec:
+    base_params = {k: v for k, v in (base_params or {}).items() if k != TUNED_ON_KEY}
     return SweepSpec(
         method=args.method, dataset=args.dataset, profile=args.profile, trials=args.trials,
         out=args.out, seed=args.seed, storage=args.storage, study_name=args.study_name,
@@ -439,6 +477,7 @@ def spec_from(args: Any, base_params: Mapping[str, Any] | None) -> SweepSpec:
         max_retry=args.max_retry, root=args.root, worker_index=args.worker_index,
         tune=tuple(n.strip() for n in args.tune.split(",") if n.strip()) if args.tune else None,
         prune=not args.no_prune,
+        grid=bool(getattr(args, "grid", False)),
     )
 
 

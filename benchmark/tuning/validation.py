@@ -33,6 +33,9 @@ class ValidationSplit:
     train: Dataset
     validation: Dataset
     description: dict[str, Any] = field(default_factory=dict)
+    # indices of the held-out images in the source: its training split (re-ID) or its images
+    # (clustering), sorted
+    held_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def carve_validation(
@@ -100,7 +103,8 @@ def _carve_reid(dataset: ReidDataset, seed: int, fraction: float) -> ValidationS
         "validation_gallery_images": len(gallery_idx),
         "query_rule": "one image per (identity, camera) of held-out identities seen by >= 2 cameras",
     }
-    return ValidationSplit(train=carved, validation=carved, description=description)
+    return ValidationSplit(train=carved, validation=carved, description=description,
+                           held_out=np.flatnonzero(held_mask))
 
 
 def _carve_clustering(dataset: ClusteringDataset, seed: int, fraction: float) -> ValidationSplit:
@@ -118,13 +122,6 @@ def _carve_clustering(dataset: ClusteringDataset, seed: int, fraction: float) ->
     held_idx = np.sort(np.concatenate(held))
     kept_idx = np.setdiff1d(np.arange(len(dataset.labels)), held_idx)
 
-    def part(index: np.ndarray, name: str) -> ClusteringDataset:
-        return ClusteringDataset(
-            name=f"{dataset.name} ({name})", images=dataset.images[index],
-            labels=dataset.labels[index], num_classes=dataset.num_classes,
-            parts={"all": slice(0, index.size)}, root=dataset.root,
-        )
-
     description = {
         "source": "all images (the deep-clustering protocol learns on train+test)",
         "held_out": "images, stratified by class",
@@ -133,5 +130,22 @@ def _carve_clustering(dataset: ClusteringDataset, seed: int, fraction: float) ->
         "train_images": int(kept_idx.size),
         "validation_images": int(held_idx.size),
     }
-    return ValidationSplit(train=part(kept_idx, "training part"),
-                           validation=part(held_idx, "validation part"), description=description)
+    return ValidationSplit(train=clustering_part(dataset, kept_idx, "training part"),
+                           validation=clustering_part(dataset, held_idx, "validation part"),
+                           description=description, held_out=held_idx)
+
+
+def clustering_part(dataset: ClusteringDataset, index: np.ndarray, name: str) -> ClusteringDataset:
+    """The images at `index` (in that order) as a dataset of their own."""
+    return ClusteringDataset(
+        name=f"{dataset.name} ({name})", images=dataset.images[index],
+        labels=dataset.labels[index], num_classes=dataset.num_classes,
+        parts={"all": slice(0, index.size)}, root=dataset.root,
+    )
+
+
+def without_images(dataset: ClusteringDataset, excluded: np.ndarray, name: str) -> ClusteringDataset:
+    """The dataset less the images at `excluded` (dataset order kept): what a clustering cell
+    scores when some images' labels selected or tuned its model (DESIGN.md, integrity rule 1)."""
+    keep = np.setdiff1d(np.arange(len(dataset.labels)), np.asarray(excluded, dtype=np.int64))
+    return clustering_part(dataset, keep, name)
