@@ -169,9 +169,9 @@ class FGU(EpochMethod):
       has no diversity term, so the paper profile merges by minimum distance alone
       (`size_penalty` = 0). quick / ci use BUC's 0.005, the winner of a validation study with
       `test_feature` "fused" fixed (`sweep --grid --tune size_penalty --no-prune`, synthetic-reid
-      quick, seed 0, mAP on a hold-out of 20 % of the training identities): 0 gave 16.0 % and
-      0.005 16.9 %; the study above gave 16.5 % for 0.0025 and for 0.01 (same split, seed and
-      feature; 0.02 was not run).
+      quick, seed 0, mAP on a hold-out of 20 % of the training identities, all 5 values): 0 gave
+      16.0 %, 0.0025 16.5 %, 0.005 16.9 %, 0.01 16.5 %, 0.02 16.6 %. The differences are within
+      one seed's noise, so this is a preference, not a finding.
     - A view smaller than the batch trains on one batch of all its images.
     - quick / ci profiles: a small ResNet trained from scratch (no pretrained weights), so lr 0.1
       dropping to 0.01 after stage 0 (BUC's quick rates; lr 1e-4 does not train a random network),

@@ -130,7 +130,9 @@ class SimilarityGuidance(BUC):
       after every epoch (mAP / ACC; the adapter never sees those labels) and reports the best
       epoch's model as `metrics`, the last step's as `metrics_last`. So this method trains on 80 %
       of the training data, unlike the other adapters; `model_selection` "last" trains on all of
-      it and reports the last step. Sweeps score the last step of each trial.
+      it and reports the last step. Sweeps score the last step of each trial. On a clustering set
+      the reported metrics are computed on the images outside the hold-out (the paper scores every
+      image): no image whose label selected the model is scored (DESIGN.md, integrity rule 1).
     - The paper runs 1 / p steps but says the number of steps falls as eps grows, i.e. merging
       stops when clusters run out and the best step is picked by validation. Here the schedule is
       fixed in advance: a merge step merges at most down to `min_clusters_fraction` * N clusters
@@ -155,10 +157,10 @@ class SimilarityGuidance(BUC):
     - The first round (every image its own class) samples plain shuffled batches: PK sampling
       would only repeat each image 4 times. PK batches (4 instances) start after the first
       clustering; `iters` = 0 makes a step's epoch one PK pass over the clusters.
-    - d3 (cluster sizes) is on, at gamma = 0.03, on every dataset: the paper adds it
-      "selectively" and says the balance term "needs to be adjusted" on general datasets without
-      saying how. Without it, minimum-distance merging on `digits` chains into one large cluster
-      (pseudo-label precision 0.17 after the last quick step, against 0.77 with it).
+    - d3 (cluster sizes) is on, at gamma = 0.03, on every dataset, as the distance D of Sec. 3
+      is written: the paper adds it "selectively" and says the balance term "needs to be adjusted"
+      on general datasets without saying how. (Minimum-distance merging without a size term is
+      known to chain clusters together; BUC adds its diversity term for the same reason.)
     - Image clustering trains at the dataset's own image size (the size the harness evaluates),
       with a square crop (aspect 3/4-4/3) and no flip on the digit sets.
     - STL-10: initialised from the last checkpoint of the same seed's finished CIFAR-10 cell of
