@@ -66,6 +66,7 @@ def test_one_run_per_cell_with_params_epoch_and_final_metrics(suite):
         tags = run.data.tags
         assert (tags["method"], tags["dataset"], tags["profile"]) == ("engine-probe", "digits", "ci")
         assert tags["commit"] == str(record["environment"]["commit"])
+        assert tags["isolation"] == "not audited"  # no `benchmark audit --out` in this folder
         params = run.data.params
         assert params["epochs"] == str(record["config"]["epochs"])
         assert params["lr"] == str(record["config"]["lr"])

@@ -109,6 +109,11 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
     }
     if env.get("device"):
         tags["device"] = str(env["device"])
+    isolation = record.get("isolation")
+    if isolation:  # integrity rule 1: whether `benchmark audit` showed the training isolated
+        tags["isolation"] = "audited" if isolation.get("audited") else "not audited"
+        if isolation.get("commit"):
+            tags["isolation.commit"] = str(isolation["commit"])
     return tags
 
 
