@@ -156,6 +156,20 @@ def _int_list(text: str, option: str) -> list[int]:
         raise ValueError(f"{option} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
 
 
+def _seed_list(text: str) -> list[int]:
+    """--seeds: at least one, each in range; a repeated seed runs once (with a note)."""
+    from benchmark.engine.seeding import check_seed
+
+    seeds = [check_seed(seed, "--seeds") for seed in _int_list(text, "--seeds")]
+    if not seeds:
+        raise ValueError(f"--seeds {text!r}: no seed given (e.g. --seeds 0,1,2)")
+    unique = list(dict.fromkeys(seeds))
+    if len(unique) < len(seeds):
+        print(f"note: --seeds {text}: each seed runs once ({','.join(map(str, unique))})",
+              file=sys.stderr)
+    return unique
+
+
 def _names(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
@@ -174,7 +188,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.method or args.dataset or args.params:
                 raise ValueError("--all runs every applicable pair: use --methods / --datasets "
                                  "to narrow it (not --method / --dataset / --params)")
-            seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed]
+            seeds = _seed_list(args.seeds) if args.seeds is not None else [args.seed]
             return _run_all(args, out, seeds, tracking)
         if not args.method or not args.dataset:
             raise ValueError("give --method and --dataset (or --all, or --replay-tracking)")

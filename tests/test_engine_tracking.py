@@ -144,3 +144,61 @@ def test_parallel_cells_give_the_same_numbers_and_are_all_logged(suite, tmp_path
     on_disk = [read_record(record_path(cell_dir(tmp_path, "digits", "engine-probe", "ci", s)))
                for s in (0, 1)]
     assert all(r["tracking"]["status"] == "logged" for r in on_disk)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_before_mlflow_leaves_a_marker_that_a_rerun_pushes(tmp_path, monkeypatch):
+    """Write-ahead: the marker is on disk before the record, so a kill right after the record (or
+    anywhere in logging) never leaves a finished record that MLflow will not get."""
+    import benchmark.engine.runner as runner
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(runner, "log_cell", killed)
+    with pytest.raises(Killed):
+        run_cell(PROBE, "digits", 3, "ci", tmp_path, "cpu", params=FAST, log=None)
+    cell = cell_dir(tmp_path, "digits", "engine-probe", "ci", 3)
+    assert read_record(record_path(cell))["status"] == FINISHED
+    assert (cell / PENDING_NAME).is_file()
+    monkeypatch.undo()
+    again = run_cell(PROBE, "digits", 3, "ci", tmp_path, "cpu", params=FAST, log=None)
+    assert again["skipped"] and not (cell / PENDING_NAME).exists()
+    runs = _runs(_client(tmp_path))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert read_record(record_path(cell))["tracking"]["run_id"] == runs[0].info.run_id
+
+
+def test_a_kill_mid_logging_is_replayed_to_exactly_one_run(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    real = MlflowClient.log_artifact
+
+    def killed(self, *args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", killed)
+    with pytest.raises(Killed):
+        run_cell(PROBE, "digits", 4, "ci", tmp_path, "cpu", params=FAST, log=None)
+    cell = cell_dir(tmp_path, "digits", "engine-probe", "ci", 4)
+    assert (cell / PENDING_NAME).is_file()
+    assert [r.info.status for r in _runs(_client(tmp_path))] == ["RUNNING"]  # half-logged
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    assert main(["run", "--replay-tracking", "--out", str(tmp_path)]) == 0
+    runs = _runs(_client(tmp_path))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert not (cell / PENDING_NAME).exists()
+
+
+def test_replay_honours_mlflow_tracking_uri(tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{closed_port()}"
+    record = run_cell(PROBE, "digits", 6, "ci", tmp_path, "cpu", tracking_uri=dead,
+                      params=FAST, log=None)
+    assert record["tracking"]["status"].startswith("failed")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    assert [r["status"] for r in replay_pending(tmp_path)] == ["logged"]
+    assert len(_runs(_client(tmp_path))) == 1

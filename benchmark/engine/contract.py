@@ -28,10 +28,13 @@ The isolation guarantee (DESIGN.md, integrity rule 1), checkable by reading this
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import math
 import os
 import random
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,73 @@ class ConfigError(ValueError):
     """A parameter the adapter does not declare, or an invalid value."""
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric parameter may take: `low` / `high` inclusive unless marked open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None
+                    and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "finite"
+
+
+# Bounds of parameter names that mean the same in every adapter that has them; an adapter adds or
+# overrides its own in `bounds`, next to its `defaults`.
+COMMON_BOUNDS: dict[str, Bound] = {
+    "epochs": Bound(low=1),
+    "batch_size": Bound(low=1),
+    "iters": Bound(low=0),
+    "lr": Bound(low=0, low_open=True),
+    "eps": Bound(low=0, low_open=True),
+    "temperature": Bound(low=0, low_open=True),
+    "weight_decay": Bound(low=0),
+    "momentum": Bound(low=0, high=1),
+    "sgd_momentum": Bound(low=0, high=1),
+    "memory_momentum": Bound(low=0, high=1),
+    "dropout": Bound(low=0, high=1, high_open=True),
+    "merge_fraction": Bound(low=0, high=1, low_open=True),
+    "validation_fraction": Bound(low=0, high=1, low_open=True, high_open=True),
+    "size_penalty": Bound(low=0),
+}
+
+
+def _type_error(value: Any, default: Any) -> str | None:
+    """Why `value` cannot stand where `default` does (None when it can): the type of a parameter
+    is its default's; an int may stand for a float, never a string for a number."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, (list, tuple)):
+        return None if isinstance(value, (list, tuple)) else "a list"
+    return None
+
+
 class MethodAdapter:
     """Base of every method adapter. Subclasses set the class attributes and implement `fit`.
 
@@ -75,6 +145,7 @@ class MethodAdapter:
     defaults: ClassVar[dict[str, Any]] = {}  # the paper's hyperparameters
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # where the paper differs per dataset
     profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {}  # scale for quick / ci (epochs, ...)
+    bounds: ClassVar[dict[str, Bound]] = {}  # numeric ranges, beyond COMMON_BOUNDS
     # Ops the method runs that have no deterministic CUDA kernel and do not warn under
     # torch.use_deterministic_algorithms (e.g. "torchvision.ops.deform_conv2d backward"); the harness
     # lists them in the run record when the device is CUDA.
@@ -112,7 +183,25 @@ class MethodAdapter:
                 f"known: {', '.join(sorted(config))}"
             )
         config.update({k: v for k, v in self.params.items() if v is not None})
+        self.check_values(config, self.params)
         return config
+
+    def check_values(self, config: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+        """ConfigError naming the first parameter whose type is not its default's or whose value
+        is outside its bounds; runs before any data is loaded."""
+        defaults = {**self.defaults}
+        for key, value in config.items():
+            default = defaults.get(key)
+            reason = _type_error(value, default) if key in given else None
+            if reason is not None:
+                raise ConfigError(f"{self.key}: parameter {key!r} must be {reason} (its default is "
+                                  f"{default!r}), got {value!r}")
+            bound = {**COMMON_BOUNDS, **self.bounds}.get(key)
+            if bound is not None and isinstance(value, (int, float)) \
+                    and not isinstance(value, bool) and not bound.admits(float(value)):
+                origin = "given" if key in given else "resolved"
+                raise ConfigError(f"{self.key}: parameter {key!r} must be {bound.describe()}, "
+                                  f"got {value!r} ({origin})")
 
     # -- the work ----------------------------------------------------------------------------------
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: "RunContext") -> nn.Module:
@@ -243,6 +332,30 @@ def _restore_rng(ctx: "RunContext", state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _digest_path(path: Path) -> Path:
+    return path.with_suffix(".pt.sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (its sha256 differs from the one written beside it);
+    None when it matches or when no digest was written (a checkpoint of an older version)."""
+    sidecar = _digest_path(path)
+    try:
+        expected = sidecar.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    found = _sha256(path)
+    return None if found == expected else f"is corrupt (sha256 {found[:12]}, expected {expected[:12]})"
+
+
 @dataclass
 class RunContext:
     """What the harness hands to `fit`: device, seeded generators, logging, checkpoints, callbacks."""
@@ -258,7 +371,7 @@ class RunContext:
     sink: MetricSink = field(default_factory=MetricSink)  # the method's metrics; no ground truth
     # Where reported pseudo labels go (the runner: the sink's store); takes labels, returns nothing.
     pseudo_label_hook: Callable[[int, np.ndarray], None] | None = None
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 2
     weights: Path | None = None  # local ImageNet weights file (`--weights`) for pretrained backbones
 
     def worker_init_fn(self, worker_id: int) -> None:
@@ -282,6 +395,9 @@ class RunContext:
         return self.checkpoint_dir / f"epoch-{epoch:04d}.pt"
 
     def save_checkpoint(self, epoch: int, method_state: Mapping[str, Any]) -> Path:
+        """Write the epoch's checkpoint atomically, then its sha256 beside it (`.pt.sha256`), and
+        keep the last `keep_checkpoints` (two by default: a corrupt latest one still leaves the
+        one before to resume from)."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self._checkpoint_path(epoch)
         tmp = path.with_suffix(".pt.tmp")
@@ -290,17 +406,40 @@ class RunContext:
              "sink": self.sink.state()},
             tmp,
         )
+        digest = _sha256(tmp)
         os.replace(tmp, path)
-        for old in sorted(self.checkpoint_dir.glob("epoch-*.pt"))[: -self.keep_checkpoints]:
+        sidecar = _digest_path(path)
+        sidecar_tmp = sidecar.with_suffix(".tmp")
+        sidecar_tmp.write_text(f"{digest}  {path.name}\n")
+        os.replace(sidecar_tmp, sidecar)
+        for old in sorted(self.checkpoint_dir.glob("epoch-*.pt"))[: -max(1, self.keep_checkpoints)]:
             old.unlink(missing_ok=True)
+            _digest_path(old).unlink(missing_ok=True)
         return path
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The latest checkpoint, with the RNG states restored; None on a fresh run."""
+        """The latest intact checkpoint, with the RNG states restored; None on a fresh run.
+
+        A checkpoint whose sha256 does not match, or that torch cannot read, is moved aside
+        (`.pt.corrupt`, with a warning naming it) and the one before is used; the epochs after it
+        are trained again, to the same numbers."""
         paths = sorted(self.checkpoint_dir.glob("epoch-*.pt")) if self.checkpoint_dir.is_dir() else []
-        if not paths:
-            return None
-        state = torch.load(paths[-1], map_location="cpu", weights_only=True)
-        _restore_rng(self, state["rng"])
-        self.sink.load_state(state.get("sink", {}))
-        return state
+        for path in reversed(paths):
+            problem = _checkpoint_problem(path)
+            state = None
+            if problem is None:
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as exc:  # a truncated or foreign file
+                    problem = f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+            if problem is not None:
+                aside = path.with_suffix(".pt.corrupt")
+                os.replace(path, aside)
+                _digest_path(path).unlink(missing_ok=True)
+                warnings.warn(f"checkpoint {path} {problem}; moved aside to {aside.name}, "
+                              "resuming from the one before it", RuntimeWarning, stacklevel=2)
+                continue
+            _restore_rng(self, state["rng"])
+            self.sink.load_state(state.get("sink", {}))
+            return state
+        return None

@@ -62,12 +62,17 @@ def get_method(name: str) -> type[MethodAdapter]:
         module_name, _, class_name = name.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"cannot import adapter module {module_name!r}: {exc}") from None
+        except Exception as exc:  # a missing module, a syntax error, or one that raises at import
+            raise ValueError(f"--method {name}: cannot import adapter module {module_name!r} "
+                             f"({type(exc).__name__}: {exc})") from None
         cls = getattr(module, class_name, None)
         if cls is None:
-            raise ValueError(f"module {module_name!r} has no class {class_name!r}")
-        check_declarations(cls)
+            raise ValueError(f"--method {name}: module {module_name!r} has no class "
+                             f"{class_name!r}")
+        try:
+            check_declarations(cls)
+        except TypeError as exc:
+            raise ValueError(f"--method {name}: not a usable adapter: {exc}") from None
         return cls
     _discover()
     if name not in _REGISTRY:

@@ -77,6 +77,7 @@ def write_record(path: Path, record: Mapping[str, Any]) -> Path:
     text = json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: a shared results folder is read
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -86,6 +87,26 @@ def write_record(path: Path, record: Mapping[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(folder: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create `folder` if needed and prove a file can be written there, before any work; a
+    ValueError naming the option otherwise (a read-only folder, or a file in the way)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") from None
+    return folder
 
 
 class RecordError(ValueError):
@@ -99,7 +120,8 @@ def read_record(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RecordError(f"{path}: no result record") from None
     except json.JSONDecodeError as exc:
-        raise RecordError(f"{path}: not valid JSON ({exc})") from None
+        raise RecordError(f"{path}: not valid JSON ({exc}); a cut-off write leaves this: rerun "
+                          "the cell with --force, or delete the file") from None
     if not isinstance(record, dict) or "status" not in record:
         raise RecordError(f"{path}: not a result record (no 'status')")
     return record

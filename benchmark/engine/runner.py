@@ -50,6 +50,7 @@ from benchmark.engine.records import (
     FINISHED,
     SCHEMA_VERSION,
     cell_dir,
+    check_writable,
     environment,
     jsonable,
     now,
@@ -58,6 +59,7 @@ from benchmark.engine.records import (
     write_record,
 )
 from benchmark.engine.seeding import (
+    check_seed,
     collect_nondeterministic_ops,
     cpu_threads,
     seed_everything,
@@ -69,7 +71,12 @@ from benchmark.engine.selection import (
     BestOnValidation,
     selection_mode,
 )
-from benchmark.engine.tracking import PENDING_NAME, log_cell, resolve_tracking_uri
+from benchmark.engine.tracking import (
+    PENDING_NAME,
+    log_cell,
+    resolve_tracking_uri,
+    write_pending,
+)
 from benchmark.tuning.validation import (
     DEFAULT_FRACTION,
     ValidationSplit,
@@ -376,6 +383,7 @@ def run_cell(
     root: str | Path | None = None,
     tracking: bool = True,
     log: Log | None = _stderr,
+    log_now: bool = True,
 ) -> dict[str, Any]:
     """Run one cell and return its record (the existing one, marked `"skipped": True`, when the
     cell already finished and `force` is not set).
@@ -387,6 +395,7 @@ def run_cell(
     cls, ref = method_ref(method)
     prof = get_profile(profile)
     card = get_card(dataset)
+    check_seed(seed)
     if card.kind not in cls.tasks:
         raise ValueError(
             f"method {cls.key} supports {', '.join(cls.tasks)}; dataset {dataset} is {card.kind}"
@@ -411,6 +420,7 @@ def run_cell(
         locate_dataset(dataset, root)  # not present: a clear error before anything is written
     out = Path(out)
     cell = cell_dir(out, dataset, cls.key, prof.name, seed)
+    check_writable(cell)  # a read-only --out or a file in the way fails here, not after training
     uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
     path = record_path(cell)
     if force:
@@ -420,7 +430,7 @@ def run_cell(
     elif path.is_file():
         existing = read_record(path)
         if existing.get("status") == FINISHED:
-            if uri and (cell / PENDING_NAME).is_file():
+            if uri and log_now and (cell / PENDING_NAME).is_file():
                 log_cell(existing, cell, uri, out)  # an earlier tracking failure: push it now
             return {**existing, "skipped": True}
 
@@ -501,8 +511,10 @@ def run_cell(
         record["finished_at"] = now()
         record["wall_time_s"] = time.perf_counter() - t0
         record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
+        if uri:  # write-ahead: the marker before the record, so no finished record lacks both
+            write_pending(cell, uri, out)
         write_record(path, record)  # the record first: tracking can only add to it
-        if uri:
+        if uri and log_now:
             log_cell(record, cell, uri, out)
         return record
 
@@ -536,12 +548,20 @@ def applicable_cells(
                 locate_dataset(name, root)  # raises with where it looked
     else:
         names = [name for name in sorted(all_cards()) if is_present(name, root)]
+    seeds = [check_seed(s, "--seeds") for s in dict.fromkeys(seeds)]
+    if not seeds:
+        raise ValueError("no seed given")
     cells = []
     for name in names:
         kind = get_card(name).kind
         for m in method_list:
             if kind in classes[m].tasks:
                 cells.extend((name, m, int(s)) for s in seeds)
+    if not cells:
+        raise ValueError(
+            f"nothing to run: no method of {', '.join(method_list)} applies to the datasets "
+            f"{', '.join(names) or '(none present)'} (re-ID methods need a re-ID dataset, "
+            "clustering methods a clustering one)")
     return cells
 
 
@@ -575,6 +595,7 @@ def run_all(
     if weights is not None and not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file")
     cells = applicable_cells(seeds, methods=methods, datasets=datasets, root=root)
+    check_writable(out)
     if jobs > 1 and len(cells) > 1:
         return _run_parallel(cells, profile, Path(out), device=device, tracking_uri=tracking_uri,
                              tracking=tracking, weights=weights, root=root, force=force,
@@ -599,11 +620,12 @@ def run_all(
 
 def _cell_in_worker(
     method: str, dataset: str, seed: int, profile: str, out: str, device: Any,
-    weights: str | Path | None, force: bool, root: str | Path | None,
+    weights: str | Path | None, force: bool, root: str | Path | None, uri: str | None,
 ) -> dict[str, Any]:
-    """One cell in a worker process: no MLflow here (the parent logs), log lines to stderr."""
-    return run_cell(method, dataset, seed, profile, out, device, None, None, weights, force,
-                    root=root, tracking=False)
+    """One cell in a worker process: it writes the pending-tracking marker with its record, and
+    the parent logs it to MLflow (one writer to the store); log lines to stderr."""
+    return run_cell(method, dataset, seed, profile, out, device, uri, None, weights, force,
+                    root=root, tracking=uri is not None, log_now=False)
 
 
 def _run_parallel(
@@ -623,7 +645,7 @@ def _run_parallel(
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
             pool.submit(_cell_in_worker, method, dataset, seed, profile, str(out),
-                        str(device) if device is not None else None, weights, force, root):
+                        str(device) if device is not None else None, weights, force, root, uri):
             (dataset, method, seed)
             for dataset, method, seed in cells
         }
@@ -636,8 +658,7 @@ def _run_parallel(
                 record = _failed_setup_record(method, dataset, seed, profile, exc)
                 write_record(record_path(cell), record)
             else:
-                pending = (cell / PENDING_NAME).is_file()
-                if uri and (not record.get("skipped") or pending):
+                if uri and (cell / PENDING_NAME).is_file():  # new, or cut off earlier
                     skipped = record.pop("skipped", None)
                     log_cell(record, cell, uri, out)
                     if skipped is not None:

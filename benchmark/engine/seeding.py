@@ -34,6 +34,16 @@ _SILENT_NONDETERMINISTIC_MODULES = {
 _WARNING_PATTERN = re.compile(r"^(.*?) does not have a deterministic implementation")
 
 
+SEED_LIMIT = 2**32  # numpy's and torch's seeds: 0 <= seed < 2**32, for `run` and `sweep` alike
+
+
+def check_seed(seed: object, option: str = "--seed") -> int:
+    """The seed as an int; ValueError naming the option when it is not one in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{option}: a seed must be an integer in [0, 2**32), got {seed!r}")
+    return seed
+
+
 def seed_everything(
     seed: int, *, deterministic: bool = True, device: str | torch.device | None = None
 ) -> dict[str, Any]:
@@ -42,8 +52,7 @@ def seed_everything(
     Returns what was set, for the run record. `device` only decides whether the CUDA settings are
     described as in effect; the seeds and flags are set either way.
     """
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    check_seed(seed, "seed")
     cuda_started_before = torch.cuda.is_initialized()
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

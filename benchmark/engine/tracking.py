@@ -241,8 +241,14 @@ def log_cell(
     backoff_s: float = 0.5,
 ) -> dict[str, Any]:
     """Log a written record to MLflow; return the record's new `tracking` block (and update the
-    record file with it). Never raises for a tracking failure."""
+    record file with it). Never raises for a tracking failure.
+
+    Write-ahead: the pending marker is on disk before any MLflow call and is removed only after
+    the run is fully logged and the record says so, so a kill at any point leaves either a
+    complete MLflow run or a marker that a rerun or `--replay-tracking` pushes (a half-logged run
+    of the same record is deleted first, so the run exists exactly once)."""
     quiet_mlflow(uri)
+    write_pending(cell, uri, out)
     error = ""
     for attempt in range(1, attempts + 1):
         try:
@@ -264,8 +270,7 @@ def log_cell(
     }
     record["tracking"] = tracking
     write_record(record_path(cell), record)
-    write_record(cell / PENDING_NAME, {"status": "pending", "uri": uri, "out": str(out),
-                                       "error": error, "failed_at": now()})
+    write_pending(cell, uri, out, error=error)
     print(
         f"warning: MLflow tracking to {uri} failed after {attempts} attempts ({error}); the record "
         f"is saved at {record_path(cell)}; push it later with "
@@ -275,16 +280,26 @@ def log_cell(
     return tracking
 
 
+def write_pending(cell: Path, uri: str, out: Path, error: str | None = None) -> None:
+    """The marker saying this cell's record is not (fully) in MLflow yet."""
+    marker = {"status": "pending", "uri": uri, "out": str(out), "written_at": now()}
+    if error:
+        marker.update(error=error, failed_at=now())
+    write_record(cell / PENDING_NAME, marker)
+
+
 def pending_cells(out: Path) -> list[Path]:
     return sorted(p.parent for p in Path(out).rglob(PENDING_NAME))
 
 
 def replay_pending(out: Path, uri: str | None = None) -> list[dict[str, Any]]:
-    """Push every record under `out` whose tracking failed; `uri` overrides the one that failed."""
+    """Push every record under `out` whose tracking failed or was cut off; `uri` (else
+    MLFLOW_TRACKING_URI) overrides the one the marker names."""
     results = []
     for cell in pending_cells(out):
         pending = read_pending(cell)
-        target = uri or pending.get("uri") or resolve_tracking_uri(None, out)
+        target = (uri or os.environ.get("MLFLOW_TRACKING_URI") or pending.get("uri")
+                  or resolve_tracking_uri(None, out))
         record = read_record(record_path(cell))
         results.append({"cell": str(cell), **log_cell(record, cell, target, Path(out))})
     return results

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import socket
 import sys
 import time
@@ -45,6 +46,7 @@ from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
 from benchmark.engine.records import jsonable, write_record
 from benchmark.engine.runner import TUNED_ON_KEY, resolve_device
+from benchmark.engine.seeding import SEED_LIMIT, check_seed
 from benchmark.engine.selection import validation_metric
 from benchmark.engine.tracking import is_remote_uri, resolve_tracking_uri
 from benchmark.tuning.objective import Pruned, run_trial
@@ -98,6 +100,17 @@ class SweepSpec:
         return self.storage or f"sqlite:///{(Path(self.out) / SWEEPS / 'optuna.db').resolve()}"
 
 
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_study_name(name: str) -> None:
+    """A study name is also a folder under <out>/sweeps: letters, digits, '.', '_' and '-' only
+    (no path separators, no leading dot), so that it cannot write outside --out."""
+    if not _STUDY_NAME.match(name) or ".." in name:
+        raise ValueError(f"--study-name {name!r}: use letters, digits, '.', '_' and '-' only "
+                         "(at most 128, not starting with '.' or '-', no '..')")
+
+
 def public_url(url: str) -> str:
     """The storage URL without its password, for records and logs."""
     from sqlalchemy.engine import make_url
@@ -143,7 +156,7 @@ def open_study(spec: SweepSpec, metric: str, worker_index: int = 0) -> optuna.St
         sampler = optuna.samplers.GridSampler(grid_space(get_method(spec.method), spec),
                                               seed=spec.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed * 1000 + worker_index,
+        sampler = optuna.samplers.TPESampler(seed=(spec.seed * 1000 + worker_index) % SEED_LIMIT,
                                              constant_liar=True)
     # Without pruning when trials' schedules differ in length: epoch e is then not the same stage.
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if spec.prune
@@ -398,6 +411,8 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
     """Run the study with `jobs` local worker processes (1: in this process); write the outputs."""
     if spec.trials < 1 or jobs < 1:
         raise ValueError("--trials and --jobs must be at least 1")
+    check_seed(spec.seed)
+    check_study_name(spec.name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cls, split = _prepare(spec)  # bad input fails here, before any worker starts
     metric = validation_metric(split)
