@@ -60,9 +60,14 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
             problems += sums
             report["notes"] += notes
         report["problems"] = [p.as_dict() for p in problems]
-        report["ok"] = not problems
+        if args.deep:
+            report["problems"] += _deep_problems(dataset, report, progress=not args.json)
+        report["ok"] = not report["problems"]
     except DatasetError as exc:
         report["problems"].append({"message": str(exc)})
+    except OSError as exc:  # e.g. a symlink loop or an unreadable folder inside the dataset
+        where = getattr(exc, "filename", None) or "the dataset folder"
+        report["problems"].append({"message": f"{where}: {exc.strerror or exc}"})
     if args.json:
         print(json.dumps(report, indent=None))
     else:
@@ -79,6 +84,21 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
             print(f"MISMATCH: {p['message']}", file=sys.stderr)
         print(f"{args.name}: {'OK' if report['ok'] else 'FAILED'}")
     return 0 if report["ok"] else 1
+
+
+def _deep_problems(dataset, report: dict, progress: bool) -> list[dict]:
+    """`verify --deep`: every image decoded (in parallel), every unreadable one listed by path."""
+    from benchmark.data.decoding import unreadable_images
+    from benchmark.data.types import ReidDataset
+
+    if not isinstance(dataset, ReidDataset):
+        report["notes"].append("--deep: the images were decoded to arrays when loading")
+        return []
+    paths = [p for split in dataset.splits().values() for p in split.paths]
+    bad = unreadable_images(paths, progress=progress, remember=False)
+    report["notes"].append(f"--deep: {len(paths)} images decoded, {len(bad)} unreadable")
+    return [{"message": f"{path}: unreadable image ({problem})", "path": str(path)}
+            for path, problem in bad]
 
 
 def _cmd_datasets_synth(args: argparse.Namespace) -> int:
@@ -456,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--root", help=root_help)
     p.add_argument("--checksums", action="store_true", help="also check the official file md5s")
+    p.add_argument("--deep", action="store_true",
+                   help="also decode every image (in parallel) and list each unreadable file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_datasets_verify)
 

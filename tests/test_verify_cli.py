@@ -110,3 +110,45 @@ def test_list_reports_which_datasets_are_present(market: Built, tmp_path: Path) 
     rc, rows = cli("datasets", "list", "--root", str(empty), "--json", tmp=tmp_path)
     assert rc == 0
     assert {r["name"]: r["present"] for r in rows}["market1501"] is False
+
+
+def _corrupt(path: Path, tmp: Path) -> Path:
+    """Replace `path` (a hard link to the shared JPEG) by a truncated copy; returns the original
+    moved aside, for restoring."""
+    aside = tmp / f"aside-{path.parent.name}-{path.name}"
+    data = path.read_bytes()
+    path.rename(aside)
+    path.write_bytes(data[: len(data) // 2])
+    return aside
+
+
+def test_deep_verify_names_every_unreadable_image(market: Built, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    train = market.location / "bounding_box_train" / sorted(
+        os.listdir(market.location / "bounding_box_train"))[7]
+    gallery = market.location / "bounding_box_test" / sorted(
+        os.listdir(market.location / "bounding_box_test"))[4000]
+    moved = [(train, _corrupt(train, tmp_path)), (gallery, _corrupt(gallery, tmp_path))]
+    try:
+        rc, plain = cli("datasets", "verify", "market1501", "--root",
+                        str(market.location.parent), "--json", tmp=tmp_path)
+        rc_deep, deep = cli("datasets", "verify", "market1501", "--root",
+                            str(market.location.parent), "--deep", "--json", tmp=tmp_path)
+        from benchmark.engine.runner import run_cell
+
+        monkeypatch.setenv("BENCHMARK_CACHE_DIR", str(tmp_path / "cache"))
+        record = run_cell("engine_probes:LabelSnoop", "market1501", 0, "ci", tmp_path / "out",
+                          "cpu", tracking=False, log=None, root=market.location.parent)
+    finally:
+        for path, aside in moved:
+            path.unlink()
+            aside.rename(path)
+    assert rc == 0 and plain["ok"]  # the counts alone cannot see it
+    assert rc_deep == 1 and not deep["ok"]
+    assert sorted(p["path"] for p in deep["problems"]) == sorted([str(train), str(gallery)])
+    assert any("32217 images decoded, 2 unreadable" in n for n in deep["notes"])
+    # run refuses before training, naming the files (never a BytesIO)
+    assert record["status"] == "failed" and not record.get("history")
+    message = record["error"]["message"]
+    assert str(train) in message and str(gallery) in message and "BytesIO" not in message
+    assert "2 unreadable image(s)" in message

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmark.data.cards import ProtocolCard, all_cards, get_card
+from benchmark.data.decoding import require_readable
 from benchmark.data.registry import is_present, load_dataset, locate_dataset
 from benchmark.data.types import ClusteringDataset, Dataset, ReidDataset
 from benchmark.data.unlabeled import (
@@ -473,6 +474,9 @@ def run_cell(
         try:
             data = load_dataset(dataset, root)
             record["dataset_facts"] = _dataset_facts(card, data)
+            if isinstance(data, ReidDataset):  # a corrupt file is named now, not as a BytesIO later
+                require_readable([*data.train.paths, *data.query.paths, *data.gallery.paths],
+                                 f"{dataset}'s train, query and gallery splits")
             plan = plan_training(data, config, seed)
             record["resumed_from_epoch"] = _latest_checkpoint_epoch(cell / CHECKPOINTS)
             trained, selector = train_cell(

@@ -40,7 +40,9 @@ except ImportError:  # pragma: no cover - older Optuna
     from optuna.storages import RetryFailedTrialCallback as RetryStale
 from optuna.trial import TrialState
 
+from benchmark.data.decoding import require_readable
 from benchmark.data.registry import load_dataset
+from benchmark.data.types import ReidDataset
 from benchmark.engine.contract import MethodAdapter
 from benchmark.engine.method_registry import get_method
 from benchmark.engine.profiles import get_profile
@@ -355,6 +357,8 @@ def _prepare(spec: SweepSpec):
     if data.kind not in cls.tasks:
         raise ValueError(f"method {cls.key} supports {', '.join(cls.tasks)}; dataset "
                          f"{spec.dataset} is {data.kind}")
+    if isinstance(data, ReidDataset):  # the trials use the training split only
+        require_readable(data.train.paths, f"{spec.dataset}'s training split")
     split = carve_validation(data, seed=spec.seed, fraction=spec.fraction)
     del data  # the test split goes no further
     return cls, split
