@@ -230,6 +230,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError) as exc:
         print(f"run: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the results folder failed under us (e.g. the disk is full)
+        print(f"run: {exc}", file=sys.stderr)
+        return 1
 
 
 def _print_cell(record: dict, record_file: Path) -> None:

@@ -28,3 +28,29 @@ def synthetic_reid_generated(session_cache_dir):
     from benchmark.data.registry import load_dataset
 
     return load_dataset("synthetic-reid")
+
+
+# The fault-injection suite (tests/faults/) adds one row per fault it injected; the table is printed
+# at the end of the session: fault, trials, survived, lost.
+FAULT_ROWS: list[dict] = []
+
+
+@pytest.fixture
+def fault_table() -> list[dict]:
+    return FAULT_ROWS
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    if not FAULT_ROWS:
+        return
+    rows = {}
+    for row in FAULT_ROWS:
+        entry = rows.setdefault(row["fault"], {"trials": 0, "survived": 0, "lost": 0})
+        for key in ("trials", "survived", "lost"):
+            entry[key] += int(row[key])
+    width = max(len(f) for f in rows)
+    terminalreporter.write_sep("=", "fault injection")
+    terminalreporter.write_line(f"{'fault':<{width}}  trials  survived  lost")
+    for fault, entry in rows.items():
+        terminalreporter.write_line(f"{fault:<{width}}  {entry['trials']:>6}  "
+                                    f"{entry['survived']:>8}  {entry['lost']:>4}")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from benchmark.data.unlabeled import UnlabeledView
+from benchmark.engine import failpoints
 from benchmark.engine.profiles import Profile
 
 TASKS = ("reid", "clustering")
@@ -275,6 +276,7 @@ def run_epochs(
         start = int(resumed["epoch"]) + 1
     for epoch in range(start, method.num_epochs(config)):
         metrics = method.train_epoch(epoch)
+        failpoints.reached("epoch")
         ctx.sink.log_epoch(epoch, metrics)
         for hook in before_checkpoint:
             hook(epoch, method.encoder())
@@ -401,11 +403,16 @@ class RunContext:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self._checkpoint_path(epoch)
         tmp = path.with_suffix(".pt.tmp")
-        torch.save(
-            {"epoch": epoch, "method": dict(method_state), "rng": _rng_state(self),
-             "sink": self.sink.state()},
-            tmp,
-        )
+        try:
+            torch.save(
+                {"epoch": epoch, "method": dict(method_state), "rng": _rng_state(self),
+                 "sink": self.sink.state()},
+                tmp,
+            )
+        except BaseException:  # e.g. the disk is full: leave no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
+        failpoints.reached("checkpoint-write")
         digest = _sha256(tmp)
         os.replace(tmp, path)
         sidecar = _digest_path(path)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.engine import failpoints
 from benchmark.paths import REPO_ROOT
 
 SCHEMA_VERSION = 1
@@ -82,6 +83,7 @@ def write_record(path: Path, record: Mapping[str, Any]) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        failpoints.reached(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

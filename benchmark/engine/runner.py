@@ -42,6 +42,7 @@ from benchmark.engine.contract import (
     RunContext,
     run_epochs,
 )
+from benchmark.engine import failpoints
 from benchmark.engine.audit_log import isolation_status
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.method_registry import get_method, method_names
@@ -422,6 +423,8 @@ def run_cell(
     out = Path(out)
     cell = cell_dir(out, dataset, cls.key, prof.name, seed)
     check_writable(cell)  # a read-only --out or a file in the way fails here, not after training
+    for stale in [*cell.glob(".*.tmp"), *(cell / CHECKPOINTS).glob("*.tmp")]:
+        stale.unlink(missing_ok=True)  # what a killed write left; the file it replaces is whole
     uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
     path = record_path(cell)
     if force:
@@ -473,6 +476,7 @@ def run_cell(
         sink = HistorySink(prefix, log)
         try:
             data = load_dataset(dataset, root)
+            failpoints.reached("load")
             record["dataset_facts"] = _dataset_facts(card, data)
             if isinstance(data, ReidDataset):  # a corrupt file is named now, not as a BytesIO later
                 require_readable([*data.train.paths, *data.query.paths, *data.gallery.paths],
@@ -486,6 +490,7 @@ def run_cell(
             encoder, warned = trained.encoder, trained.nondeterministic_ops
             record["train_time_s"] = sink.elapsed_s()
             record["history"] = trained.history
+            failpoints.reached("evaluate")
             if log is not None:
                 log(f"{prefix}evaluating")
             scored, scored_note = scored_part(data, plan, tuned_on, dataset)
@@ -503,9 +508,10 @@ def run_cell(
                 protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
             record.update(status=FINISHED, metrics=metrics, protocol=protocol)
         except Exception as exc:  # the record says what failed; the suite goes on
+            message = str(exc) + _disk_full_note(cell)
             record.update(
                 status=FAILED,
-                error={"type": type(exc).__name__, "message": str(exc),
+                error={"type": type(exc).__name__, "message": message,
                        "traceback": traceback.format_exc()},
                 history=record.get("history") or _partial_history(sink),
             )
@@ -515,12 +521,29 @@ def run_cell(
         record["finished_at"] = now()
         record["wall_time_s"] = time.perf_counter() - t0
         record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
-        if uri:  # write-ahead: the marker before the record, so no finished record lacks both
-            write_pending(cell, uri, out)
-        write_record(path, record)  # the record first: tracking can only add to it
+        try:
+            if uri:  # write-ahead: the marker before the record, so no finished record lacks both
+                write_pending(cell, uri, out)
+            write_record(path, record)  # the record first: tracking can only add to it
+        except OSError as exc:  # the earlier record, if any, is untouched (atomic writes)
+            raise OSError(exc.errno, f"cannot write the record {path}: "
+                          f"{exc.strerror or exc}{_disk_full_note(cell)}") from None
         if uri and log_now:
             log_cell(record, cell, uri, out)
         return record
+
+
+def _disk_full_note(folder: Path, margin: int = 1 << 20) -> str:
+    """A hint when the disk holding `folder` is (nearly) full: torch reports a full disk only as
+    "file write failed"."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    if free >= margin:
+        return ""
+    return (f" [the disk holding {folder} is full: {free} bytes free; free space and rerun, the "
+            "cell resumes from its last checkpoint]")
 
 
 def _partial_history(sink: HistorySink) -> list[dict[str, Any]]:

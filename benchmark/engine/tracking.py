@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmark.engine import failpoints
 from benchmark.engine.records import (
     FINISHED,
     jsonable,
@@ -204,6 +205,7 @@ def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> str:
     tags = record_tags(record)
     run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
     run_id = run.info.run_id
+    failpoints.reached("mlflow")
     stamp = int(time.time() * 1000)
     params = [Param(k, v) for k, v in record_params(record).items()]
     metrics = [Metric(k, v, stamp, step) for k, v, step in record_metrics(record)]
