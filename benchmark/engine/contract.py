@@ -28,12 +28,14 @@ The isolation guarantee (DESIGN.md, integrity rule 1), checkable by reading this
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import math
 import os
 import random
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -334,6 +336,13 @@ def _restore_rng(ctx: "RunContext", state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _disk_is_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
 def _digest_path(path: Path) -> Path:
     return path.with_suffix(".pt.sha256")
 
@@ -409,8 +418,12 @@ class RunContext:
                  "sink": self.sink.state()},
                 tmp,
             )
-        except BaseException:  # e.g. the disk is full: leave no partial file behind
+        except BaseException as exc:  # e.g. the disk is full: leave no partial file behind
+            full = _disk_is_full(self.checkpoint_dir)
             tmp.unlink(missing_ok=True)
+            if full and isinstance(exc, Exception):  # torch says only "file write failed"
+                raise OSError(errno.ENOSPC, f"no space left on the disk holding {path.parent} "
+                              f"while writing {path.name} ({exc})") from exc
             raise
         failpoints.reached("checkpoint-write")
         digest = _sha256(tmp)
