@@ -29,7 +29,7 @@ def _cut(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "truncated-no-digest"])
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, damage, fault_table):
     full = _run(tmp_path / "full")
     folder = _cut(tmp_path)
     latest = folder / "epoch-0001.pt"
@@ -43,6 +43,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, dama
             (folder / "epoch-0001.pt.sha256").unlink()
     with pytest.warns(RuntimeWarning, match=r"epoch-0001\.pt .*moved aside"):
         again = _run(tmp_path / "cut")
+    survived = again["status"] == FINISHED and again["metrics"] == full["metrics"]
+    fault_table.append({"fault": f"corrupt file: checkpoint ({damage})", "trials": 1,
+                        "survived": int(survived), "lost": int(not survived)})
     assert again["status"] == FINISHED
     assert again["metrics"] == full["metrics"]
     assert (folder / "epoch-0001.pt.corrupt").is_file()

@@ -121,12 +121,14 @@ def test_records_are_readable_by_the_group_and_others(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
-def test_a_truncated_record_says_how_to_recover(tmp_path):
+def test_a_truncated_record_says_how_to_recover(tmp_path, fault_table):
     path = tmp_path / "record.json"
     path.write_text('{"status": "finis')
     with pytest.raises(RecordError, match="--force, or delete the file") as err:
         read_record(path)
     assert str(path) in str(err.value)
+    fault_table.append({"fault": "corrupt file: truncated record", "trials": 1, "survived": 1,
+                        "lost": 0})
 
 
 def test_sweep_refuses_a_study_name_outside_out_and_a_bad_seed(tmp_path, capsys):

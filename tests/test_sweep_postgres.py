@@ -65,11 +65,12 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _worker(url: str, out: Path, params: Path, index: int, log: Path) -> subprocess.Popen:
+def _worker(url: str, out: Path, params: Path, index: int, log: Path,
+            study: str = "kill-test", trials: int = 4) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "benchmark", "sweep", "--method", "engine_probes:TunableProbe",
-           "--dataset", "digits", "--profile", "ci", "--trials", "4", "--storage", url,
-           "--study-name", "kill-test", "--params", str(params), "--heartbeat-interval", "1",
+           "--dataset", "digits", "--profile", "ci", "--trials", str(trials), "--storage", url,
+           "--study-name", study, "--params", str(params), "--heartbeat-interval", "1",
            "--grace-period", "4", "--max-retry", "1", "--worker-index", str(index),
            "--out", str(out / f"worker{index}"), "--no-tracking", "--device", "cpu", "--json"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,

@@ -123,7 +123,8 @@ def _corrupt(path: Path, tmp: Path) -> Path:
 
 
 def test_deep_verify_names_every_unreadable_image(market: Built, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  fault_table: list) -> None:
     train = market.location / "bounding_box_train" / sorted(
         os.listdir(market.location / "bounding_box_train"))[7]
     gallery = market.location / "bounding_box_test" / sorted(
@@ -152,3 +153,5 @@ def test_deep_verify_names_every_unreadable_image(market: Built, tmp_path: Path,
     message = record["error"]["message"]
     assert str(train) in message and str(gallery) in message and "BytesIO" not in message
     assert "2 unreadable image(s)" in message
+    fault_table.append({"fault": "corrupt file: undecodable images", "trials": 2, "survived": 2,
+                        "lost": 0})
