@@ -464,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reproducibility benchmark for unsupervised person re-ID and image clustering.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ds = sub.add_parser("datasets", help="list, verify and generate datasets")
@@ -668,4 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # what no command anticipated: one line, the traceback on --debug
+        if args.debug:
+            raise
+        print(f"{args.command}: {type(exc).__name__}: {exc} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine.contract import EpochMethod, Paper, RunContext
+from benchmark.engine.contract import Bound, EpochMethod, Paper, RunContext
 from benchmark.engine.method_registry import register_method
 from methods.common.backbones import (
     BNNeckEncoder,
@@ -101,6 +101,12 @@ class ClusterContrast(EpochMethod):
         "pad": 10,
         "erasing": 0.5,
         "color_jitter": 0.0,
+    }
+    bounds: ClassVar[dict[str, Bound]] = {  # beyond the common ones (epochs, lr, eps, ...)
+        "num_instances": Bound(low=1), "step_size": Bound(low=1), "gamma": Bound(low=0, high=1),
+        "k1": Bound(low=1), "k2": Bound(low=1), "min_samples": Bound(low=1),
+        "last_stride": Bound(low=1, high=2), "pad": Bound(low=0), "erasing": Bound(low=0, high=1),
+        "color_jitter": Bound(low=0),
     }
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "msmt17": {"eps": 0.7, "iters": 400},

@@ -120,8 +120,9 @@ def test_declarations(name):
     assert all(isinstance(d, str) and d for d in cls.deviations())
     for task in cls.tasks:
         for profile in PROFILES:
-            config = cls().resolve_config(DATASET_OF_TASK[task], profile)
+            config = cls().resolve_config(DATASET_OF_TASK[task], profile)  # within bounds
             assert set(cls.defaults) <= set(config)
+            assert set(cls.bounds) <= set(config), "a bound names a parameter that does not exist"
     params = inspect.signature(cls.fit).parameters
     assert list(params) == ["self", "view", "config", "ctx"], "fit takes view, config, ctx only"
 

@@ -140,3 +140,29 @@ def test_sweep_refuses_a_study_name_outside_out_and_a_bad_seed(tmp_path, capsys)
     assert main([*base, "--seed", str(2**32)]) == 2
     assert "[0, 2**32)" in capsys.readouterr().err
     assert not (tmp_path / "sweeps" / "optuna.db").exists()
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    import benchmark.engine.runner as runner
+
+    def broken(*args, **kwargs):
+        raise KeyError("something nobody anticipated")
+
+    monkeypatch.setattr(runner, "run_cell", broken)
+    args = ["run", "--method", PROBE, "--dataset", "digits", "--profile", "ci", "--out",
+            str(tmp_path), "--no-tracking"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "KeyError" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        main(["--debug", *args])
+
+
+def test_an_adapter_declares_its_own_bounds_beside_its_defaults(tmp_path):
+    from methods.cluster_contrast import ClusterContrast
+
+    assert ClusterContrast.bounds["min_samples"].describe() == ">= 1"
+    with pytest.raises(ConfigError, match=r"'min_samples' must be >= 1, got 0 \(given\)"):
+        ClusterContrast(min_samples=0).resolve_config("market1501", "paper")
+    with pytest.raises(ConfigError, match=r"'erasing' must be in \[0, 1\]"):
+        ClusterContrast(erasing=1.5).resolve_config("market1501", "paper")
