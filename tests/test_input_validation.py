@@ -166,3 +166,12 @@ def test_an_adapter_declares_its_own_bounds_beside_its_defaults(tmp_path):
         ClusterContrast(min_samples=0).resolve_config("market1501", "paper")
     with pytest.raises(ConfigError, match=r"'erasing' must be in \[0, 1\]"):
         ClusterContrast(erasing=1.5).resolve_config("market1501", "paper")
+
+
+def test_sweep_takes_every_seed_run_takes(tmp_path, capsys):
+    """The sampler's seed is derived modulo 2**32, so `sweep --seed` accepts what `run` does."""
+    rc = main(["sweep", "--method", "engine_probes:TunableProbe", "--dataset", "digits",
+               "--profile", "ci", "--trials", "1", "--out", str(tmp_path), "--no-tracking",
+               "--seed", "4294968", "--params", _json(tmp_path, {"epochs": 1, "steps": 1,
+                                                                 "batch": 8})])
+    assert rc == 0, capsys.readouterr().err
