@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,8 +102,7 @@ def _save(cache: Path, known: dict[str, list[int]]) -> None:
         pass  # a cache that cannot be written only costs time
 
 
-def require_readable(paths: Sequence[str | os.PathLike[str]], what: str,
-                     log: Callable[[str], None] | None = None) -> None:
+def require_readable(paths: Sequence[str | os.PathLike[str]], what: str) -> None:
     """DatasetFileError listing every unreadable file of `paths` (the first one as its path)."""
     bad = unreadable_images(paths)
     if not bad:

@@ -10,6 +10,7 @@ clean). An audit is a statement about code, so a verdict at another commit is sh
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,6 @@ def audit_path(out: str | Path, method: str) -> Path:
 
 def read_audits(out: str | Path, method: str) -> dict[str, Any]:
     """The method's audit file, or an empty one; RecordError naming the file when it is corrupt."""
-    import json
-
     path = audit_path(out, method)
     if not path.is_file():
         return {"method": method, "entries": []}

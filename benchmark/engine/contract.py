@@ -336,7 +336,9 @@ def _restore_rng(ctx: "RunContext", state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _disk_is_full(folder: Path, margin: int = 1 << 20) -> bool:
+def disk_is_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the disk holding `folder` has less than `margin` bytes free (torch reports a full
+    disk only as "file write failed", so the harness looks)."""
     try:
         return shutil.disk_usage(folder).free < margin
     except OSError:
@@ -419,7 +421,7 @@ class RunContext:
                 tmp,
             )
         except BaseException as exc:  # e.g. the disk is full: leave no partial file behind
-            full = _disk_is_full(self.checkpoint_dir)
+            full = disk_is_full(self.checkpoint_dir)
             tmp.unlink(missing_ok=True)
             if full and isinstance(exc, Exception):  # torch says only "file write failed"
                 raise OSError(errno.ENOSPC, f"no space left on the disk holding {path.parent} "

@@ -40,6 +40,7 @@ from benchmark.engine.contract import (
     MethodAdapter,
     MetricSink,
     RunContext,
+    disk_is_full,
     run_epochs,
 )
 from benchmark.engine import failpoints
@@ -533,17 +534,12 @@ def run_cell(
         return record
 
 
-def _disk_full_note(folder: Path, margin: int = 1 << 20) -> str:
-    """A hint when the disk holding `folder` is (nearly) full: torch reports a full disk only as
-    "file write failed"."""
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
+def _disk_full_note(folder: Path) -> str:
+    """A hint for the error message when the disk holding `folder` is full."""
+    if not disk_is_full(folder):
         return ""
-    if free >= margin:
-        return ""
-    return (f" [the disk holding {folder} is full: {free} bytes free; free space and rerun, the "
-            "cell resumes from its last checkpoint]")
+    return (f" [the disk holding {folder} is full; free space and rerun, the cell resumes from "
+            "its last checkpoint]")
 
 
 def _partial_history(sink: HistorySink) -> list[dict[str, Any]]:
