@@ -349,8 +349,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
         uncovered_cells,
         write_reference,
     )
+    from benchmark.reporting.claims import ClaimsError
     from benchmark.reporting.results import ResultsError, load_records
 
+    if args.write_claims_reference:
+        from benchmark.reporting.claims_reference import write_claims_reference
+
+        try:
+            n = write_claims_reference(args.write_claims_reference)
+        except ClaimsError as exc:
+            print(f"check: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {n} claim cells to {args.write_claims_reference}")
+        return 0
     try:
         records = load_records(args.results)
         if args.write_reference:
@@ -361,6 +372,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if not args.reference:
             raise ReferenceError("give --reference FILE (or --write-reference FILE)")
         cells = load_reference(args.reference)
+        if cells[0].kind == "claims":
+            return _check_claims(args, cells, records)
         results = check_records(cells, records)
     except (ResultsError, ReferenceError) as exc:
         print(f"check: {exc}", file=sys.stderr)
@@ -378,6 +391,47 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"check: {len(results)} cells of {args.reference} against {args.results}: "
           f"{len(results) - len(bad)} within tolerance, {outside} outside, {errors} errors")
     return 1 if bad else 0
+
+
+def _check_claims(args: argparse.Namespace, cells: list, records: list) -> int:
+    """The statistical verdict of every claims-reference cell (benchmark.reporting.claims_reference);
+    exit 0 only when every cell that was run is reproduced (inconclusive ones too with
+    --allow-inconclusive; cells not run too only without --require-all)."""
+    from benchmark.reporting.claims_reference import (
+        INCONCLUSIVE,
+        NOT_RUN,
+        REPRODUCED,
+        claim_verdict,
+        verdict_table,
+    )
+
+    verdicts = [claim_verdict(cell, records) for cell in cells]
+    run = [v for v in verdicts if v.status != NOT_RUN]
+    shown = verdicts if args.verbose or args.require_all else run
+    counts = {s: sum(v.status == s for v in verdicts) for s in dict.fromkeys(v.status for v in verdicts)}
+    accepted = {REPRODUCED} | ({INCONCLUSIVE} if args.allow_inconclusive else set())
+    failing = [v for v in (verdicts if args.require_all else run) if v.status not in accepted]
+    if args.json:
+        print(json.dumps({"reference": str(args.reference), "results": str(args.results),
+                          "counts": counts, "passed": bool(run) and not failing,
+                          "cells": [v.as_dict() for v in shown]}, indent=2))
+    else:
+        if shown:
+            print(verdict_table(shown))
+        for v in shown:
+            if v.status != REPRODUCED and (v.note or v.left_out):
+                print(f"  {v.cell.label}: {v.note}" + "".join(f"\n    left out: {x}"
+                                                             for x in v.left_out))
+        if args.allow_inconclusive:
+            for v in run:
+                if v.status == INCONCLUSIVE:
+                    print(f"warning: {v.cell.label} is inconclusive ({v.note})", file=sys.stderr)
+        print(f"check: {len(cells)} claim cells of {args.reference} against {args.results}: "
+              + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if not run:
+        print("check: no record of any cell of the reference: nothing was checked", file=sys.stderr)
+        return 1
+    return 1 if failing else 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -654,7 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
         "a cell outside its tolerance, or with no matching record, is printed and makes the exit "
         "status 1 (0 when every cell passes; 2 when the reference or the results folder cannot "
         "be read). With --write-reference, writes a reference from the results instead "
-        "(refused while any record failed).",
+        "(refused while any record failed). A claims reference (leaderboards/reference/paper.toml, "
+        "written by --write-claims-reference from the claims file) gets a statistical verdict per "
+        "cell instead: reproduced, not reproduced or inconclusive, counting only records that are "
+        "the paper's run.",
     )
     p.add_argument("--results", default="results", help="results folder (default ./results)")
     p.add_argument("--reference", help="reference TOML, e.g. leaderboards/reference/ci.toml")
@@ -664,6 +721,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --write-reference: tolerance of mAP and NMI; 1.5x for R1, R5, R10, "
                    "mINP, ACC, ARI (default 0.02)")
     p.add_argument("--verbose", action="store_true", help="print the cells that pass too")
+    p.add_argument("--write-claims-reference", metavar="FILE",
+                   help="write the reference of the papers' headline claims (generated from "
+                   "leaderboards/claims.toml, e.g. leaderboards/reference/paper.toml), then exit")
+    p.add_argument("--allow-inconclusive", action="store_true",
+                   help="claims reference: inconclusive cells (fewer than 3 seeds, or no record "
+                   "that is the paper's run) are warnings, not failures")
+    p.add_argument("--require-all", action="store_true",
+                   help="claims reference: a cell with no record at all fails (default: only the "
+                   "cells that were run are judged, and the rest are counted as not run)")
+    p.add_argument("--json", action="store_true", help="claims reference: the verdicts as JSON")
     p.set_defaults(func=_cmd_check)
     return parser
 

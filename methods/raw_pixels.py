@@ -15,6 +15,7 @@ from torch import nn
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import MethodAdapter, Paper, RunContext
 from benchmark.engine.method_registry import register_method
+from benchmark.engine.run_identity import NO_NETWORK
 from methods.common.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -51,6 +52,7 @@ class RawPixels(MethodAdapter):
     )
     tasks = ("clustering",)
     uses_camera_ids = False
+    paper_init_default = NO_NETWORK
     defaults: ClassVar[dict[str, Any]] = {}
 
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> nn.Module:

@@ -9,6 +9,7 @@ reader never sees half a record, and a killed run leaves either the old record o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,11 +30,12 @@ import torch
 from benchmark.engine import failpoints
 from benchmark.paths import REPO_ROOT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: config_hash, init, paper_run; environment.diff_sha256
 RECORD_NAME = "record.json"
 FINISHED, FAILED = "finished", "failed"
 PACKAGES = (
-    "torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu", "pandas",
+    "torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "faiss-gpu",
+    "faiss-gpu-cu12", "pandas",
     "pillow", "mlflow", "optuna", "timm",
 )
 
@@ -158,7 +160,11 @@ def git_state() -> dict[str, Any]:
     """Commit of the harness's checkout and whether it differs from it (untracked files count)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+    state: dict[str, Any] = {"commit": commit, "dirty": bool(status) if status is not None else None}
+    if status:  # which changes: two dirty runs of one commit pool only with the same diff
+        diff = _git("diff", "HEAD", "--binary") or ""
+        state["diff_sha256"] = hashlib.sha256((status + "\n" + diff).encode()).hexdigest()
+    return state
 
 
 def _cpu_model() -> str:
@@ -181,6 +187,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _faiss_build() -> dict[str, Any] | None:
+    try:
+        from methods.common.faiss_index import build
+    except ImportError:
+        return None
+    return build()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env: dict[str, Any] = {
         **git_state(),
@@ -194,6 +208,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "executable": sys.executable,
+        "faiss": _faiss_build(),
     }
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -61,6 +61,14 @@ from benchmark.engine.records import (
     record_path,
     write_record,
 )
+from benchmark.engine.run_identity import (
+    NO_NETWORK,
+    RANDOM,
+    config_hash,
+    init_from_weights_file,
+    init_record,
+    paper_config_diff,
+)
 from benchmark.engine.seeding import (
     check_seed,
     collect_nondeterministic_ops,
@@ -86,6 +94,7 @@ from benchmark.tuning.validation import (
     carve_validation,
     without_images,
 )
+from methods.common import faiss_index
 
 CHECKPOINTS = "checkpoints"
 PSEUDO_LABEL_PROTOCOL = (
@@ -206,6 +215,7 @@ class Trained:
     history: list[dict[str, Any]]  # per epoch: the method's metrics and pseudo-label quality
     nondeterministic_ops: list[str]  # ops torch warned about while training
     pseudo_labels: dict[int, np.ndarray] = field(default_factory=dict)  # as reported, per epoch
+    init: dict[str, Any] | None = None  # the checkpoint the method said it started from, if any
 
 
 def fit_cell(
@@ -240,7 +250,7 @@ def fit_cell(
             f"{adapter.key}: fit returned {type(encoder).__name__}, not a torch.nn.Module encoder"
         )
     return Trained(encoder, ctx.sink.history_with_quality(hidden.labels), list(warned),
-                   dict(ctx.sink.pseudo))
+                   dict(ctx.sink.pseudo), ctx.reported_init)
 
 
 @dataclass(frozen=True)
@@ -462,6 +472,9 @@ def run_cell(
             "config": config,
             "profile_settings": prof.as_dict(),
             "weights": str(weights_path) if weights_path else None,
+            # what exactly ran, as hashes (benchmark.engine.run_identity): seeds pool on these
+            "config_hash": config_hash(config, prof.as_dict()),
+            "paper_run": paper_run_facts(cls, dataset, config),
             "seeding": seeding,
             "environment": environment(dev),
             "started_at": started,
@@ -476,6 +489,7 @@ def run_cell(
         warned: list[str] = []
         sink = HistorySink(prefix, log)
         try:
+            record["init"] = profile_init(cls, prof, weights_path)
             data = load_dataset(dataset, root)
             failpoints.reached("load")
             record["dataset_facts"] = _dataset_facts(card, data)
@@ -484,11 +498,15 @@ def run_cell(
                                  f"{dataset}'s train, query and gallery splits")
             plan = plan_training(data, config, seed)
             record["resumed_from_epoch"] = _latest_checkpoint_epoch(cell / CHECKPOINTS)
+            faiss_index.reset()
             trained, selector = train_cell(
                 adapter, plan, config, seed=seed, profile=prof, device=dev, dataset=dataset,
                 checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
             )
             encoder, warned = trained.encoder, trained.nondeterministic_ops
+            record["faiss_indexes"] = faiss_index.used()  # which index each search ran on
+            if trained.init is not None:  # the method started its backbone from a checkpoint
+                record["init"] = trained.init
             record["train_time_s"] = sink.elapsed_s()
             record["history"] = trained.history
             failpoints.reached("evaluate")
@@ -532,6 +550,27 @@ def run_cell(
         if uri and log_now:
             log_cell(record, cell, uri, out)
         return record
+
+
+def profile_init(cls: type[MethodAdapter], profile: Profile, weights: Path | None) -> dict[str, Any]:
+    """The record's `init` before training: what the profile's backbone starts from, the file named
+    by its content (a method that loads another checkpoint replaces this through the context)."""
+    if cls.paper_init_default == NO_NETWORK:
+        return init_record(NO_NETWORK)
+    if not profile.pretrained:
+        return init_record(RANDOM)
+    from methods.common.backbones import find_resnet50_weights  # the file the backbone will load
+
+    return init_from_weights_file(find_resnet50_weights(weights))
+
+
+def paper_run_facts(cls: type[MethodAdapter], dataset: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """How this run's recipe stands to the paper's on `dataset`: which config keys differ (with
+    both values), what the paper's backbone starts from, and the adapter's reason, if any, why no
+    run here is the paper's. The leaderboard sets a claim only beside a run that matches."""
+    differs = paper_config_diff(config, cls.paper_config(dataset))
+    return {"config_equal": not differs, "config_differs": differs,
+            "init": cls.paper_init(dataset), "not_comparable": cls.not_comparable_reason(dataset)}
 
 
 def _disk_full_note(folder: Path) -> str:

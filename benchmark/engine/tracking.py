@@ -110,6 +110,13 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
     }
     if env.get("device"):
         tags["device"] = str(env["device"])
+    if record.get("config_hash"):  # what exactly ran (benchmark.engine.run_identity)
+        tags["config_hash"] = str(record["config_hash"])
+    init = record.get("init") or {}
+    if init.get("key"):
+        tags["init"] = str(init["key"])
+        if init.get("sha256"):
+            tags["init.sha256"] = str(init["sha256"])
     isolation = record.get("isolation")
     if isolation:  # integrity rule 1: whether `benchmark audit` showed the training isolated
         tags["isolation"] = "audited" if isolation.get("audited") else "not audited"
@@ -191,7 +198,7 @@ def _experiment_id(client: Any, uri: str, out: Path) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> str:
+def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> tuple[str, str]:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
@@ -215,7 +222,7 @@ def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> str:
         client.log_batch(run_id, metrics=metrics[i : i + 10 * _BATCH])
     logged = dict(record)
     logged["tracking"] = {**(record.get("tracking") or {}), "uri": uri, "run_id": run_id,
-                          "status": "logged"}
+                          "experiment_id": experiment_id, "status": "logged"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_record(folder / "record.json", logged)
@@ -230,7 +237,7 @@ def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> str:
         for plot in plots:
             client.log_artifact(run_id, str(plot), artifact_path="plots")
     client.set_terminated(run_id, status="FINISHED" if record["status"] == FINISHED else "FAILED")
-    return run_id
+    return run_id, experiment_id
 
 
 def log_cell(
@@ -254,14 +261,14 @@ def log_cell(
     error = ""
     for attempt in range(1, attempts + 1):
         try:
-            run_id = _log_once(record, cell, uri, out)
+            run_id, experiment_id = _log_once(record, cell, uri, out)
         except Exception as exc:  # any store / network / server failure
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
             if attempt < attempts:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
             continue
-        tracking = {"uri": uri, "run_id": run_id, "status": "logged", "attempts": attempt,
-                    "logged_at": now()}
+        tracking = {"uri": uri, "run_id": run_id, "experiment_id": experiment_id,
+                    "status": "logged", "attempts": attempt, "logged_at": now()}
         record["tracking"] = tracking
         write_record(record_path(cell), record)
         (cell / PENDING_NAME).unlink(missing_ok=True)

@@ -40,6 +40,10 @@ TOLERANCE_FACTORS = {"mAP": 1.0, "NMI": 1.0, "R1": 1.5, "R5": 1.5, "R10": 1.5, "
                      "ACC": 1.5, "ARI": 1.5}
 REQUIRED = ("method", "dataset", "profile", "metric", "value", "tolerance")
 OPTIONAL = ("seeds",)
+# A claims reference (top-level `kind = "claims"`, benchmark.reporting.claims_reference) cites each
+# cell's claim; `check` gives those cells a statistical verdict instead of a tolerance test.
+CLAIM_KEYS = ("tolerance_source", "paper", "table", "row", "claim_entry")
+CLAIMS_KIND = "claims"
 _EPS = 1e-12  # float slack on the tolerance comparison
 
 
@@ -57,6 +61,8 @@ class ReferenceCell:
     value: float
     tolerance: float
     seeds: tuple[int, ...] | None = None
+    kind: str = "tolerance"  # or "claims": a statistical verdict against a paper's number
+    extra: Mapping[str, Any] | None = None  # a claim's provenance (paper, table, row, ...)
 
     @property
     def label(self) -> str:
@@ -91,14 +97,15 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _cell_problems(raw: Mapping[str, Any]) -> list[str]:
+def _cell_problems(raw: Mapping[str, Any], kind: str = "tolerance") -> list[str]:
     problems = []
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         problems.append(f"missing key(s) {missing}")
-    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    allowed = REQUIRED + OPTIONAL + (CLAIM_KEYS if kind == CLAIMS_KIND else ())
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        problems.append(f"unknown key(s) {unknown}; allowed: {list(REQUIRED + OPTIONAL)}")
+        problems.append(f"unknown key(s) {unknown}; allowed: {list(allowed)}")
     for key in ("method", "dataset", "profile", "metric"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
             problems.append(f"{key} must be a non-empty string, not {raw[key]!r}")
@@ -127,7 +134,10 @@ def load_reference(path: str | os.PathLike[str]) -> list[ReferenceCell]:
         raise ReferenceError(f"{path}: reference file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ReferenceError(f"{path}: not valid TOML: {exc}") from None
-    other = sorted(set(document) - {"cell"})
+    kind = document.get("kind", "tolerance")
+    if kind not in ("tolerance", CLAIMS_KIND):
+        raise ReferenceError(f"{path}: kind {kind!r} must be 'tolerance' or '{CLAIMS_KIND}'")
+    other = sorted(set(document) - {"cell", "kind"} - ({"excluded"} if kind == CLAIMS_KIND else set()))
     if other:
         raise ReferenceError(f"{path}: unexpected top-level key(s) {other}; only [[cell]] tables")
     raw_cells = document.get("cell")
@@ -137,13 +147,14 @@ def load_reference(path: str | os.PathLike[str]) -> list[ReferenceCell]:
     cells: list[ReferenceCell] = []
     seen: dict[tuple, int] = {}
     for index, raw in enumerate(raw_cells, start=1):
-        found = _cell_problems(raw) if isinstance(raw, dict) else ["must be a table"]
+        found = _cell_problems(raw, kind) if isinstance(raw, dict) else ["must be a table"]
         if found:
             problems += [f"cell #{index}: {p}" for p in found]
             continue
         seeds = tuple(raw["seeds"]) if "seeds" in raw else None
         cell = ReferenceCell(index, raw["method"], raw["dataset"], raw["profile"], raw["metric"],
-                             float(raw["value"]), float(raw["tolerance"]), seeds)
+                             float(raw["value"]), float(raw["tolerance"]), seeds, kind,
+                             {k: raw[k] for k in CLAIM_KEYS if k in raw} or None)
         key = (cell.method, cell.dataset, cell.profile, cell.metric,
                tuple(sorted(seeds)) if seeds else None)
         if key in seen:

@@ -19,8 +19,13 @@ Conventions of an entry (one `[[claim]]` table per number):
 - Within one table row, CMC ranks must not decrease (R1 <= R5 <= R10): a row that breaks this was
   mis-transcribed or its columns were misread.
 
+Each paper file is described once by a `[[paper]]` table (`file`, `title`, `authors`, `venue`), so
+that tables cite a claim by the paper's title, venue and table rather than by a hashed file name; a
+claim whose file has no `[[paper]]` table is cited by the file name.
+
 The loaded frame has the entry fields plus `entry` (1-based position in the file), `protocol` and
-`qualifier` (the two parts of `setting`).
+`qualifier` (the two parts of `setting`), and `paper_title`, `paper_authors`, `paper_venue` (empty
+where the file has no `[[paper]]` table).
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ REQUIRED = ("method", "name", "dataset", "metric", "value", "paper", "table", "o
             "setting")
 OPTIONAL = ("notes",)
 IDENTITY = ("method", "name", "dataset", "metric", "paper", "table", "backbone", "setting")
-COLUMNS = ("entry",) + REQUIRED + OPTIONAL + ("protocol", "qualifier")
+PAPER_KEYS = ("file", "title", "authors", "venue")
+COLUMNS = ("entry",) + REQUIRED + OPTIONAL + ("protocol", "qualifier", "paper_title",
+                                              "paper_authors", "paper_venue")
 CMC_ORDER = ("R1", "R5", "R10")
 
 
@@ -199,6 +206,41 @@ def validate_claims(raw_entries: list[Any], path: str | os.PathLike[str] = CLAIM
     return valid
 
 
+def validate_papers(raw: Any, path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """The `[[paper]]` tables by file name; a ClaimsError listing every malformed or repeated one."""
+    if not isinstance(raw, list):
+        raise ClaimsError(path, ["paper must be an array of [[paper]] tables"])
+    problems, papers = [], {}
+    for index, entry in enumerate(raw, start=1):
+        if not isinstance(entry, dict):
+            problems.append(f"paper #{index}: must be a table")
+            continue
+        missing = [k for k in PAPER_KEYS if not isinstance(entry.get(k), str) or not entry[k].strip()]
+        unknown = sorted(set(entry) - set(PAPER_KEYS))
+        if missing:
+            problems.append(f"paper #{index}: needs non-empty string(s) {missing}")
+        if unknown:
+            problems.append(f"paper #{index}: unknown key(s) {unknown}; allowed: {list(PAPER_KEYS)}")
+        if not missing and entry["file"] in papers:
+            problems.append(f"paper #{index}: {entry['file']!r} is described twice")
+        if not missing and not unknown:
+            papers[entry["file"]] = {k: entry[k] for k in PAPER_KEYS}
+    if problems:
+        raise ClaimsError(path, problems)
+    return papers
+
+
+def cite(claim: Any) -> str:
+    """Where a claim is printed, as a reader finds it: authors, title, venue, table and row."""
+    if getattr(claim, "paper_title", ""):
+        first = str(claim.paper_authors).split(",")[0].strip()
+        authors = first if "," not in str(claim.paper_authors) else f"{first} et al."
+        where = f'{authors}, "{claim.paper_title}", {claim.paper_venue}'
+    else:
+        where = str(claim.paper)
+    return f'{where}, {claim.table}, row "{claim.name}"'
+
+
 def load_claims(path: str | os.PathLike[str] | None = None,
                 papers_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Read and validate the claims file (default `leaderboards/claims.toml`) into a DataFrame.
@@ -219,19 +261,23 @@ def load_claims(path: str | os.PathLike[str] | None = None,
         raise ClaimsError(path, ["file not found"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ClaimsError(path, [f"not valid TOML: {exc}"]) from None
-    other = sorted(set(document) - {"claim"})
+    other = sorted(set(document) - {"claim", "paper"})
     if other:
-        raise ClaimsError(path, [f"unexpected top-level key(s) {other}; only [[claim]] tables belong here"])
+        raise ClaimsError(path, [f"unexpected top-level key(s) {other}; only [[claim]] and "
+                                 "[[paper]] tables belong here"])
     raw_entries = document.get("claim", [])
     if not isinstance(raw_entries, list) or not raw_entries:
         raise ClaimsError(path, ["no [[claim]] tables"])
+    described = validate_papers(document.get("paper", []), path)
 
     valid = validate_claims(raw_entries, path, papers)
     records = []
     for index, raw in valid:
         protocol, qualifier = split_setting(raw["setting"])
+        about = described.get(raw["paper"], {})
         records.append({"entry": index, **{k: raw[k] for k in REQUIRED},
-                        "notes": raw.get("notes", ""), "protocol": protocol, "qualifier": qualifier})
+                        "notes": raw.get("notes", ""), "protocol": protocol, "qualifier": qualifier,
+                        **{f"paper_{k}": about.get(k, "") for k in PAPER_KEYS[1:]}})
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     frame["value"] = frame["value"].astype(float)
     return frame

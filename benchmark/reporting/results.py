@@ -11,8 +11,11 @@ torch: `leaderboard` and `check` are light commands that CI runs after every sui
 of their 18 s start on a loaded machine. The layout constants below are the engine's
 (tests/test_check.py asserts they stay equal).
 
-Aggregation: mean over seeds, and the *sample* standard deviation (ddof = 1; undefined, NaN, for a
-single seed), in the records' units (fractions in [0, 1]).
+Aggregation: mean over seeds, the *sample* standard deviation (ddof = 1; undefined, NaN, for a
+single seed) and the t-based 95% confidence interval of the mean (mean ± t(0.975, n − 1) · std / √n;
+undefined for one seed), in the records' units (fractions in [0, 1]). Which seeds share a mean is
+`benchmark.reporting.comparability.pool_key`'s decision: callers group by a row label that the
+pool key decides (`ROW`), never by the method alone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ import numpy as np
 import pandas as pd
 
 from benchmark.reporting.claims import CLUSTERING_METRICS, METRICS
+from benchmark.reporting.comparability import (
+    paper_run_gaps,
+    pool_key,
+    record_config_hash,
+    record_init,
+    short_commit,
+)
 
 RECORD_NAME = "record.json"  # benchmark.engine.records.RECORD_NAME
 FINISHED = "finished"  # benchmark.engine.records.FINISHED
@@ -36,6 +46,8 @@ FINISHED = "finished"  # benchmark.engine.records.FINISHED
 RECORD_GLOB = f"*/*/*/seed*/{RECORD_NAME}"
 CELL_KEYS = ("dataset", "method", "profile", "seed")
 GROUP_KEYS = ("dataset", "profile", "method")
+ROW = "_row"  # a record's row label in a table, set by the caller (else its method)
+CONFIDENCE = 0.95
 
 
 class ResultsError(ValueError):
@@ -92,13 +104,6 @@ def _hardware(env: Mapping[str, Any]) -> str:
     return f"{device} ({detail})" if detail else device
 
 
-def _commit(env: Mapping[str, Any]) -> str:
-    commit = env.get("commit")
-    if not commit:
-        return "unknown commit"
-    return str(commit)[:12] + ("+uncommitted changes" if env.get("dirty") else "")
-
-
 def isolation_text(isolation: Mapping[str, Any] | None) -> str:
     """A record's `isolation` (benchmark.engine.audit_log) in a few words, for tables."""
     if not isolation:
@@ -111,6 +116,13 @@ def isolation_text(isolation: Mapping[str, Any] | None) -> str:
     return "not audited"
 
 
+def init_text(init: Mapping[str, Any]) -> str:
+    """A record's initial weights in words, with the file's hash where there is a file."""
+    text = str(init.get("description") or init.get("key") or "unknown")
+    sha = init.get("sha256")
+    return f"{text} (sha256 {str(sha)[:12]})" if sha else text
+
+
 def cells_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record: the cell, its status and the provenance a table prints."""
     rows = []
@@ -119,24 +131,32 @@ def cells_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         settings = r.get("profile_settings") or {}
         env = r.get("environment") or {}
         error = r.get("error") or {}
+        tracking = r.get("tracking") or {}
         rows.append({
             "dataset": r["dataset"], "method": r["method"], "profile": r["profile"],
             "seed": int(r["seed"]), "status": r.get("status"),
             "kind": facts.get("kind"), "synthetic": bool(facts.get("synthetic", False)),
             "withdrawn": bool(facts.get("withdrawn", False)),
+            "row": r.get(ROW, r["method"]),
             "backbone": settings.get("backbone"), "pretrained": settings.get("pretrained"),
             "uses_camera_ids": bool(r.get("uses_camera_ids", False)),
             "deviations": tuple(r.get("deviations") or ()),
-            "commit": _commit(env), "hardware": _hardware(env),
+            "commit": short_commit(env), "hardware": _hardware(env),
             "torch": (env.get("packages") or {}).get("torch"),
             "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else "",
             "path": r.get("_path", ""),
             "isolation": isolation_text(r.get("isolation")),
             "scored": (r.get("protocol") or {}).get("scored_images"),
+            "pool": pool_key(r), "config_hash": record_config_hash(r),
+            "init": init_text(record_init(r)), "init_sha256": record_init(r).get("sha256"),
+            "paper_gaps": tuple(paper_run_gaps(r)),
+            "run_id": tracking.get("run_id"), "tracking_uri": tracking.get("uri"),
+            "experiment_id": tracking.get("experiment_id"),
         })
-    columns = [*CELL_KEYS, "status", "kind", "synthetic", "withdrawn", "backbone", "pretrained",
-               "uses_camera_ids", "deviations", "commit", "hardware", "torch", "error", "path",
-               "isolation", "scored"]
+    columns = [*CELL_KEYS, "status", "kind", "synthetic", "withdrawn", "row", "backbone",
+               "pretrained", "uses_camera_ids", "deviations", "commit", "hardware", "torch", "error",
+               "path", "isolation", "scored", "pool", "config_hash", "init", "init_sha256",
+               "paper_gaps", "run_id", "tracking_uri", "experiment_id"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -148,8 +168,9 @@ def _scalar(value: Any) -> float:
 
 def metrics_frame(records: Iterable[Mapping[str, Any]],
                   metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Long frame of the finished records' scalar metrics: dataset, profile, method, seed, metric,
-    value (a fraction). Metrics a record lacks, or holds as null, are left out."""
+    """Long frame of the finished records' scalar metrics: dataset, profile, method (the record's
+    row label where the caller set one), seed, metric, value (a fraction). Metrics a record lacks,
+    or holds as null, are left out."""
     rows = []
     for r in records:
         if r.get("status") != FINISHED:
@@ -159,39 +180,52 @@ def metrics_frame(records: Iterable[Mapping[str, Any]],
             value = _scalar(held.get(name))
             if not math.isnan(value):
                 rows.append({"dataset": r["dataset"], "profile": r["profile"],
-                             "method": r["method"], "seed": int(r["seed"]), "metric": name,
-                             "value": value})
+                             "method": r.get(ROW, r["method"]), "seed": int(r["seed"]),
+                             "metric": name, "value": value})
     return pd.DataFrame(rows, columns=[*GROUP_KEYS, "seed", "metric", "value"])
 
 
+def t_interval(mean: float, std: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-based confidence interval of a mean of n seeds; (NaN, NaN) for fewer than two."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan, math.nan
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
 def aggregate(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample std (ddof=1) and n over seeds per (dataset, profile, method, metric), with the
-    sorted tuple of seeds that went in."""
+    """Mean, sample std (ddof=1), n and the t-based 95% CI over seeds per (dataset, profile, method,
+    metric), with the sorted tuple of seeds that went in."""
     keys = [*GROUP_KEYS, "metric"]
-    columns = [*keys, "mean", "std", "n", "seeds"]
+    columns = [*keys, "mean", "std", "n", "ci_low", "ci_high", "seeds"]
     if long.empty:
         return pd.DataFrame(columns=columns)
     grouped = long.groupby(keys, sort=True)
     out = grouped["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
     seeds = grouped["seed"].agg(lambda s: tuple(sorted(int(x) for x in s))).reset_index(drop=True)
     out["seeds"] = seeds.to_numpy()
+    bounds = [t_interval(m, sd, n) for m, sd, n in zip(out["mean"], out["std"], out["n"])]
+    out["ci_low"] = [b[0] for b in bounds]
+    out["ci_high"] = [b[1] for b in bounds]
     return out[columns]
 
 
-def mean_cmc(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], np.ndarray]:
-    """(dataset, profile, method) -> CMC curve averaged over the finished seeds (cut to the
-    shortest curve among them)."""
+def seed_cmc(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], np.ndarray]:
+    """(dataset, profile, row) -> the finished seeds' CMC curves, one row per seed (cut to the
+    shortest curve among them), fractions."""
     curves: dict[tuple[str, str, str], list[np.ndarray]] = {}
     for r in records:
         cmc = (r.get("metrics") or {}).get("cmc") if r.get("status") == FINISHED else None
         if isinstance(cmc, list) and cmc:
-            key = (r["dataset"], r["profile"], r["method"])
+            key = (r["dataset"], r["profile"], r.get(ROW, r["method"]))
             curves.setdefault(key, []).append(np.asarray(cmc, dtype=float))
-    means = {}
+    stacks = {}
     for key, group in curves.items():
         depth = min(len(c) for c in group)
-        means[key] = np.mean(np.stack([c[:depth] for c in group]), axis=0)
-    return means
+        stacks[key] = np.stack([c[:depth] for c in group])
+    return stacks
 
 
 def pseudo_label_history(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -206,8 +240,9 @@ def pseudo_label_history(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             quality = row.get("pseudo_labels") if isinstance(row, Mapping) else None
             if not isinstance(quality, Mapping) or "epoch" not in row:
                 continue
-            rows.append({"dataset": r["dataset"], "profile": r["profile"], "method": r["method"],
-                         "seed": int(r["seed"]), "epoch": int(row["epoch"]),
+            rows.append({"dataset": r["dataset"], "profile": r["profile"],
+                         "method": r.get(ROW, r["method"]), "seed": int(r["seed"]),
+                         "epoch": int(row["epoch"]),
                          **{f: _scalar(quality.get(f)) for f in fields}})
     return pd.DataFrame(rows, columns=[*GROUP_KEYS, "seed", "epoch", *fields])
 

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
-import faiss
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
+
+from methods.common import faiss_index
+from methods.common.faiss_index import faiss
 
 FeatureMatrix = np.ndarray | torch.Tensor
 _BACKENDS = ("auto", "cpu", "faiss-flat", "faiss-gpu", "torch")
@@ -116,6 +118,20 @@ def _knn_torch(x: torch.Tensor, k: int, block_rows: int) -> tuple[np.ndarray, np
     return torch.cat(sims).numpy(), torch.cat(idx).numpy().astype(np.int64)
 
 
+def choose_backend(backend: str, on_cuda: bool, num_gpus: int) -> str:
+    """What "auto" means: a CUDA tensor searches on faiss's GPU index when the faiss build has GPUs,
+    else with torch on its device; anything else takes the symmetric CPU search. An explicit
+    "faiss-gpu" without GPUs in the faiss build is an error, not a silent CPU run."""
+    if backend == "auto":
+        if on_cuda:
+            return "faiss-gpu" if num_gpus > 0 else "torch"
+        return "cpu"
+    if backend == "faiss-gpu" and num_gpus == 0:
+        raise ValueError("knn backend 'faiss-gpu': this faiss build sees no GPU (install "
+                         "faiss's GPU build: pip install -e '.[gpu]')")
+    return backend
+
+
 def knn(
     features: FeatureMatrix,
     k: int,
@@ -141,11 +157,8 @@ def knn(
         raise ValueError(f"k must be an integer in [1, N={n}], got {k!r}")
     k = int(k)
     on_cuda = isinstance(features, torch.Tensor) and features.is_cuda
-    if backend == "auto":
-        if on_cuda:
-            backend = "faiss-gpu" if faiss.get_num_gpus() > 0 else "torch"
-        else:
-            backend = "cpu"
+    backend = choose_backend(backend, on_cuda, faiss_index.num_gpus())
+    faiss_index.note("knn", backend)
     if backend == "torch":
         if on_cuda:
             if features.ndim != 2 or not features.is_floating_point():

@@ -17,12 +17,14 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from threadpoolctl import threadpool_limits
+
+from methods.common import faiss_index
+from methods.common.faiss_index import faiss
 
 # Paper: about 8,000 classes best for the 51,744 patches of Market-1501 (12,936 images x 4 patches).
 PAPER_CLASS_RATIO = 8000 / (12936 * 4)
@@ -141,9 +143,10 @@ def kmeans(
     thread, so the same seed gives the same classes on every machine."""
     x = np.ascontiguousarray(vectors.detach().cpu().numpy(), dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], int(num_classes), niter=int(niter), seed=int(seed) % 2**31,
-                      gpu=bool(gpu and faiss.get_num_gpus() > 0), verbose=False,
+                      gpu=bool(gpu and faiss_index.num_gpus() > 0), verbose=False,
                       min_points_per_centroid=1,
                       max_points_per_centroid=max(256, math.ceil(x.shape[0] / num_classes)))
+    faiss_index.note("kmeans", "faiss-gpu" if km.gpu else "faiss-cpu")
     if km.gpu:
         km.train(x)
     else:
