@@ -95,7 +95,12 @@ class BUC(EpochMethod):
     distance between members + lambda (|A| + |B|), lambda = 0.005; batch 16, SGD momentum 0.9,
     Nesterov, weight decay 5e-4, backbone learning rate x0.1; stage 0: 20 epochs, lr 0.1, x0.1
     after 16 epochs; every later stage: 2 epochs at lr 0.01; 18 merge steps (19 training stages,
-    ending at 0.1 N clusters) as the authors' script runs them.
+    ending at 0.1 N clusters) as the authors' script runs them. After each merge the memory starts
+    again from zeros, one row per new cluster, each row taking its cluster's features as they come
+    (V <- normalise((V + x) / 2)), as the authors' fixed code does
+    (vana77/Bottom-up-Clustering-Person-Re-identification, reid/bottom_up.py: a new ExLoss whose V
+    is zeros; its README's bug-fix note: initialising from the previous iteration's averaged
+    features was the bug, and an earlier version of this adapter did the same).
 
     Deviations:
     - The reported model is the last stage's. The authors' script evaluates on the test split after
@@ -105,9 +110,7 @@ class BUC(EpochMethod):
       (64-100 % of the area, height/width 2-3, plus flip) come from the authors' code; its
       run.sh sets lambda = 0.003, the paper's 0.005 is used.
     - The memory and the repelled loss see the embedding re-normalised after dropout (the authors'
-      code multiplies the dropped-out vector, whose norm is about 1.4, by 1/tau); the memory rows
-      set after a merge are the normalised cluster means of the eval-mode embeddings (the authors
-      keep the unnormalised means).
+      code multiplies the dropped-out vector, whose norm is about 1.4, by 1/tau).
     - Merge distances are Euclidean between the L2-normalised pooled features, as in the paper's
       D(A, B); the authors' code ranks squared distances, which weighs lambda (|A| + |B|)
       differently.
@@ -279,13 +282,12 @@ class BUC(EpochMethod):
             features.numpy(), self.labels, str(c["linkage"]), str(c["merge_metric"]),
             float(c["merge_fraction"]), float(c["size_penalty"]),
         )
-        self.memory = ClusterMemory.from_features(
-            embedded, torch.from_numpy(self.labels), momentum=float(c["memory_momentum"]),
-            update="instance",
-        ).to(self.device)
+        after = int(self.labels.max()) + 1
+        # the authors' fixed code: a fresh, all-zero memory per merge (see Deviations)
+        self.memory = self._memory(torch.zeros(after, embedded.shape[1]))
         self.stage = stage
         self.optimizer = self._optimizer()
-        return {"merges": float(before - (int(self.labels.max()) + 1))}
+        return {"merges": float(before - after)}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         ctx = self.ctx

@@ -41,12 +41,21 @@ class ClusterContrast(EpochMethod):
 
     Paper defaults (the paper's implementation details and the authors' README commands):
     ResNet-50 ImageNet with last stride 1, average pooling, BN neck, L2-normalised 2048-d features at test time;
-    Jaccard k1 = 30, k2 = 6; DBSCAN eps 0.6 (Market-1501, DukeMTMC-reID) / 0.7 (MSMT17),
-    min_samples 4; batch 256 = 16 pseudo identities x 16 images; temperature 0.05, momentum 0.1;
+    Jaccard k1 = 30, k2 = 6; DBSCAN eps 0.6 on every dataset, min_samples 4; batch 256 = 16 pseudo identities x 16 images; temperature 0.05, momentum 0.1;
     Adam lr 3.5e-4, weight decay 5e-4, lr x0.1 every 20 epochs, 50 epochs; flip, pad 10 + crop,
     random erasing 0.5.
 
     Deviations:
+    - Pooling is global average pooling, the paper's: the authors' README said so until November
+      2021 ("we use the simple global average pooling in paper"; GeM "could further improve"), and
+      its GeM commands added `--pooling-type gem`. Their training script's `--pooling-type` default
+      is `gem` (examples/cluster_contrast_train_usl.py) and no command of the current README or
+      run_code.sh overrides it, so the authors' published commands run GeM; `pooling = "gem"`
+      runs that.
+    - DBSCAN eps is 0.6 on every dataset, as the authors' current README and run_code.sh have it
+      since the commit that introduced the momentum memory update used here (alibaba/
+      cluster-contrast-reid 69071fe). The first release's commands used 0.4 (Market-1501) and 0.7
+      (DukeMTMC-reID, MSMT17), with the batch-hard update (`memory_update = "hard"`).
     - The reported model is the last epoch. The authors' script evaluates on the test split every
       10 epochs and reports the best checkpoint, which is model selection on test labels.
     - PK sampling draws the K images of a pseudo class uniformly (cycling through small classes).
@@ -109,7 +118,7 @@ class ClusterContrast(EpochMethod):
         "color_jitter": Bound(low=0),
     }
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "msmt17": {"eps": 0.7, "iters": 400},
+        "msmt17": {"iters": 400},
     }
     profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {
         "quick": {

@@ -164,14 +164,16 @@ class FGU(EpochMethod):
       W <- normalise((W + x) / 2), and initialised from the network's eval-mode stripe features
       before training. The kNN of Eq. 6 exclude the image's own slot (its denominator's j != i).
     - Weight decay (5e-4), dropout (0.5), the 2048-d embedding head, the training crop + flip, the
-      empty initial memory V and its rows after a merge (normalised cluster means of the eval-mode
-      embeddings) are BUC's (`buc`), since FGU builds on BUC without stating them. Eq. 5 as printed
+      empty initial memory V, and its fresh all-zero rows after each merge (the BUC authors' fixed
+      code), are BUC's (`buc`), since FGU builds on BUC without stating them. Eq. 5 as printed
       has no diversity term, so the paper profile merges by minimum distance alone
       (`size_penalty` = 0). quick / ci use BUC's 0.005, the winner of a validation study with
       `test_feature` "fused" fixed (`sweep --grid --tune size_penalty --no-prune`, synthetic-reid
       quick, seed 0, mAP on a hold-out of 20 % of the training identities, all 5 values): 0 gave
       16.0 %, 0.0025 16.5 %, 0.005 16.9 %, 0.01 16.5 %, 0.02 16.6 %. The differences are within
-      one seed's noise, so this is a preference, not a finding.
+      one seed's noise, so this is a preference, not a finding. (That study and the test_feature
+      one above ran while the memory took the cluster means after a merge; they have not been
+      rerun since the memory starts from zeros.)
     - A view smaller than the batch trains on one batch of all its images.
     - quick / ci profiles: a small ResNet trained from scratch (no pretrained weights), so lr 0.1
       dropping to 0.01 after stage 0 (BUC's quick rates; lr 1e-4 does not train a random network),
@@ -360,9 +362,7 @@ class FGU(EpochMethod):
             float(c["merge_fraction"]), float(c["size_penalty"]),
         )
         labels = torch.from_numpy(self.labels)
-        self.memory = ClusterMemory.from_features(
-            embedded, labels, momentum=float(c["memory_momentum"]), update="instance"
-        ).to(self.device)
+        self.memory = self._memory(torch.zeros(int(self.labels.max()) + 1, embedded.shape[1]))
         self.centres = cluster_means(F.normalize(embedded, dim=1), labels).to(self.device)
         self.stage = stage
         return {"merges": float(before - (int(self.labels.max()) + 1))}

@@ -167,7 +167,8 @@ class GCLSCL(EpochMethod):
       Cluster Contrast's memory.
     - Not stated by the paper, taken from Cluster Contrast: iterations per epoch (200; 400 on
       MSMT17), weight decay 5e-4, Jaccard k2 = 6, last stride 1, pad 10, random erasing p 0.5.
-      DBSCAN eps stays 0.6 on MSMT17 (Cluster Contrast uses 0.7 there).
+      DBSCAN eps 0.6 on every dataset, as the paper states and as Cluster Contrast's current
+      commands have it.
     - The reported model is the last epoch (no model selection on test labels).
     - PK sampling draws the K images of a pseudo class uniformly (no camera ids).
     - quick / ci profiles: Cluster Contrast's scaling (small ResNet from scratch on 64x32 / 32x16

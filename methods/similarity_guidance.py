@@ -133,6 +133,15 @@ class SimilarityGuidance(BUC):
       it and reports the last step. Sweeps score the last step of each trial. On a clustering set
       the reported metrics are computed on the images outside the hold-out (the paper scores every
       image): no image whose label selected the model is scored (DESIGN.md, integrity rule 1).
+      Algorithm 1 evaluates once per merge step (line 13, after the step's retraining; the first
+      round is never a candidate); the harness scores every epoch, first round included, so the
+      candidates are a superset of the paper's.
+    - Merges per step are N * p (Algorithm 1, lines 2 and 8: `num = N * p`, a fixed count). Sec.
+      4.3's example reads p differently ("1000 classes ... reduced by 1000 * 0.05 = 50", i.e. p
+      times the current number of classes, which shrinks every step); the algorithm is followed.
+    - After each merge the lookup table V takes the normalised mean features of the new classes
+      (Algorithm 1, line 11: V "temporarily stores the features of each class"). BUC's fixed code,
+      which this method otherwise builds on, restarts its memory from zeros (`buc`).
     - The paper runs 1 / p steps but says the number of steps falls as eps grows, i.e. merging
       stops when clusters run out and the best step is picked by validation. Here the schedule is
       fixed in advance: a merge step merges at most down to `min_clusters_fraction` * N clusters
@@ -332,7 +341,8 @@ class SimilarityGuidance(BUC):
 
     def _merge(self, stage: int) -> dict[str, float]:
         """Stage 1: the first clustering (or, switched off, an ordinary merge step); later stages:
-        a merge step by the individual-group distance. Then BUC's memory and optimiser reset."""
+        a merge step by the individual-group distance. Then the lookup table V takes the new
+        classes' mean features (Algorithm 1, line 11; see Deviations) and the optimiser resets."""
         c = self.config
         features, embedded = self._features()
         before = int(self.labels.max()) + 1

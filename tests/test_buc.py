@@ -138,3 +138,24 @@ def test_search_space_suggests_known_parameters() -> None:
     space = BUC.search_space(Trial())
     assert space and set(space) <= set(BUC.defaults)
     BUC(**space).resolve_config("market1501", "quick")  # accepted as parameters
+
+
+@pytest.mark.parametrize("key", ["buc", "fgu"])
+def test_memory_restarts_from_zeros_after_each_merge(tmp_path: Path, key: str) -> None:
+    """The BUC authors' fixed code (and FGU, built on it) gives every new cluster an all-zero memory
+    row after a merge; the first feature that reaches a row then becomes it (normalise((0 + x) / 2)).
+    Initialising from the previous iteration's cluster means was the bug their README describes."""
+    adapter = get_method(key)(**TINY)
+    config = adapter.resolve_config("tiny", "ci")
+    adapter.setup(tiny_view(), config, context(tmp_path, 0, {}))
+    adapter.train_epoch(0)  # stage 0: the singleton rows fill up
+    assert (adapter.memory.centroids.norm(dim=1) > 0.99).any()
+    adapter._merge(1)
+    clusters = int(adapter.labels.max()) + 1
+    assert clusters < N and adapter.memory.centroids.shape[0] == clusters
+    assert torch.count_nonzero(adapter.memory.centroids) == 0
+    x = torch.randn(2, adapter.memory.centroids.shape[1], generator=torch.Generator().manual_seed(0))
+    adapter.memory.update(x, torch.tensor([0, 1]))
+    assert torch.allclose(adapter.memory.centroids[:2], torch.nn.functional.normalize(x, dim=1),
+                          atol=1e-6)
+    assert torch.count_nonzero(adapter.memory.centroids[2:]) == 0

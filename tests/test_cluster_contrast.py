@@ -152,7 +152,7 @@ def test_declarations_paper_defaults_and_search_space():
     adapter = ClusterContrast()
     market = adapter.resolve_config("market1501", "paper")
     msmt = adapter.resolve_config("msmt17", "paper")
-    assert (market["eps"], market["iters"], msmt["eps"], msmt["iters"]) == (0.6, 200, 0.7, 400)
+    assert (market["eps"], market["iters"], msmt["eps"], msmt["iters"]) == (0.6, 200, 0.6, 400)
     assert (market["batch_size"], market["num_instances"], market["temperature"],
             market["momentum"], market["lr"], market["epochs"]) == (256, 16, 0.05, 0.1, 3.5e-4, 50)
     assert market["pooling"] == "avg"
