@@ -219,7 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             record = run_cell(
                 args.method, args.dataset, args.seed, args.profile, out, args.device,
                 args.tracking_uri, params, args.weights, args.force, root=args.root,
-                tracking=tracking,
+                tracking=tracking, init=args.init,
             )
             if args.json:
                 stdout.write(json.dumps(jsonable(record)) + "\n")
@@ -264,6 +264,7 @@ def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bo
             seeds, args.profile, out, methods=_names(args.methods), datasets=_names(args.datasets),
             device=args.device, tracking_uri=args.tracking_uri, tracking=tracking,
             weights=args.weights, root=args.root, force=args.force, jobs=args.jobs,
+            init=args.init,
         )
         if args.json:
             stdout.write(json.dumps({"records": jsonable(records)}) + "\n")
@@ -302,6 +303,7 @@ def _cmd_methods_list(args: argparse.Namespace) -> int:
             "paper": asdict(cls.paper) if cls.paper else None,
             "tasks": list(cls.tasks),
             "uses_camera_ids": cls.uses_camera_ids,
+            "uses_labels": cls.uses_labels,
             "deviations": cls.deviations(),
         })
     if args.json:
@@ -313,6 +315,8 @@ def _cmd_methods_list(args: argparse.Namespace) -> int:
         venue, year = paper.get("venue") or "", str(paper.get("year") or "")
         where = venue if year in venue else f"{venue} {year}".strip()
         cite = f"{paper.get('title', '')} ({where})"
+        if r["uses_labels"]:
+            cite += " [uses labels: a ceiling, never ranked]"
         print(f"{r['name']:<24} {','.join(r['tasks']):<17} {str(r['uses_camera_ids']).lower():<11} {cite}")
     return 0
 
@@ -576,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-tracking", action="store_true",
                    help="push the records under --out whose MLflow logging failed, then exit")
     p.add_argument("--weights", help="local ImageNet weights file for pretrained backbones")
+    p.add_argument("--init", choices=["profile", "random"], default="profile",
+                   help="what backbones start from: the profile's (paper: ImageNet; quick / ci: "
+                   "the pretrained stand-in on re-ID data), or random weights (default: profile)")
     p.add_argument("--params", help="JSON or TOML file of config overrides (single runs)")
     p.add_argument("--root", help=root_help)
     p.add_argument("--force", action="store_true", help="re-run finished cells from scratch")

@@ -202,6 +202,17 @@ class LabelSnoop(MethodAdapter):
         return nn.Sequential(nn.AdaptiveAvgPool2d((4, 2)), nn.Flatten(), nn.Linear(24, config["dim"]))
 
 
+class DeclaredLabelSnoop(LabelSnoop):
+    """LabelSnoop that declares `uses_labels`: the positive control of the one exception.
+
+    Deviations:
+    - not a published method: a probe of the supervised exception
+    """
+
+    key = "declared-label-snoop"
+    uses_labels = True
+
+
 class EpochLabelSnoop(ProbeMethod):
     """ProbeMethod that, every epoch, inspects everything reachable from its fit arguments and
     itself (the harness's scorers have run by the second epoch) and keeps what it found.

@@ -171,3 +171,35 @@ def _path(p: Any):
     from pathlib import Path
 
     return Path(p)
+
+
+class LabelsDeclaredButFileNamesRead(_OneShotLeak):
+    """Declares `uses_labels` (so the training labels may change it) but reads the training images'
+    file names as well: the audit must still catch the file names.
+
+    Deviations:
+    - not a published method: declared labels, undeclared file names
+    """
+
+    key = "labels-declared-file-names-read"
+    tasks = ("reid",)
+    uses_labels = True
+
+    def leak(self, view: UnlabeledView, ctx: RunContext) -> np.ndarray:
+        return np.concatenate([np.asarray(view.labels, dtype=np.int64),
+                               FileNameSnoop().leak(view, ctx)])
+
+
+class LabelsDeclaredButUnused(_OneShotLeak):
+    """Declares `uses_labels` and never reads them: the audit says the declaration is wrong.
+
+    Deviations:
+    - not a published method: a false declaration
+    """
+
+    key = "labels-declared-unused"
+    tasks = ("reid",)
+    uses_labels = True
+
+    def leak(self, view: UnlabeledView, ctx: RunContext) -> np.ndarray:
+        return np.zeros(0, dtype=np.int64)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.data.unlabeled import HiddenLabels, UnlabeledView
+from benchmark.data.unlabeled import HiddenLabels, UnlabeledView, with_labels
 from benchmark.engine.contract import MethodAdapter
 from benchmark.engine.method_registry import get_method, method_names
 from benchmark.engine.profiles import PROFILES, get_profile
@@ -68,9 +68,11 @@ def tiny_clustering(seed: int = 0) -> tuple[UnlabeledView, HiddenLabels]:
 
 
 def _view_for(cls: type[MethodAdapter], task: str) -> tuple[UnlabeledView, HiddenLabels]:
-    if task == "clustering":
-        return tiny_clustering()
-    return tiny_reid(camera_ids=cls.uses_camera_ids)
+    view, hidden = tiny_clustering() if task == "clustering" else tiny_reid(
+        camera_ids=cls.uses_camera_ids)
+    if cls.uses_labels:  # as the runner's build_view does, for the declared exception only
+        view = with_labels(view, hidden.labels)
+    return view, hidden
 
 
 def _fast_params(cls: type[MethodAdapter], dataset: str) -> dict:
@@ -83,6 +85,8 @@ def _fit(cls, task, hidden_override=None, tmp=None):
     view, hidden = _view_for(cls, task)
     if hidden_override is not None:
         hidden = hidden_override(hidden)
+        if cls.uses_labels:  # the labels it is given are the scrambled ones
+            view = with_labels(view, hidden.labels)
     adapter = cls(**_fast_params(cls, dataset))
     config = adapter.resolve_config(dataset, "ci")
     seed_everything(0)
@@ -150,9 +154,13 @@ def test_fit_embeds_and_never_sees_labels(name, task, tmp_path):
     assert feats.ndim == 2 and feats.shape[0] == 5 and feats.shape[1] >= 1
     assert torch.isfinite(feats).all()
 
-    # nothing reachable from fit's arguments equals the labels (or the camera ids, unless declared)
+    # nothing reachable from fit's arguments equals the labels (or the camera ids, unless declared);
+    # an adapter that declares uses_labels is the one that does reach them
     arrays, strings = arrays_and_strings(reachable(adapter, view, config, ctx))
-    for arr in arrays:
+    if cls.uses_labels:
+        assert any(arr.size == len(view) and np.array_equal(arr.ravel(), hidden.labels)
+                   for arr in arrays)
+    for arr in arrays if not cls.uses_labels else []:
         if arr.size == len(view):
             flat = arr.ravel()
             assert not np.array_equal(flat, hidden.labels)
@@ -167,6 +175,9 @@ def test_fit_embeds_and_never_sees_labels(name, task, tmp_path):
 
     _, scrambled_hidden, *_, again = _fit(cls, task, scramble, tmp=tmp_path / "b")
     assert not np.array_equal(scrambled_hidden.labels, hidden.labels)
+    if cls.uses_labels:  # given the scrambled labels, it learns something else
+        assert not torch.equal(_embed(again.encoder, view, task), feats)
+        return
     assert torch.equal(_embed(again.encoder, view, task), feats)
     # the harness's diagnostics did see the labels (when the method reports pseudo labels)
     for before, after in zip(trained.history, again.history):

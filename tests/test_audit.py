@@ -37,11 +37,15 @@ def generated(synthetic_reid_generated):
 @pytest.mark.parametrize(("name", "dataset"), CASES)
 def test_every_registered_adapter_passes_in_every_mode(name, dataset):
     report = audit(name, dataset, modes=MODES, profile="ci")
+    uses_labels = get_method(name).uses_labels  # the supervised ceiling: labels are declared
     for verdict in report["modes"]:
         assert verdict["passed"], verdict["message"]
-        assert verdict["trainings"] == 2
-        assert verdict["substitutions"] == list(applicable(verdict["mode"],
-                                                           load_dataset(dataset).kind))
+        assert verdict["trainings"] == 2 + uses_labels
+        expected = [s for s in applicable(verdict["mode"], load_dataset(dataset).kind)
+                    if not (uses_labels and s == "training labels")]
+        assert verdict["substitutions"] == expected
+        assert ("training labels, declared by uses_labels, do change it" in verdict["message"]) \
+            == uses_labels
     assert [v["mode"] for v in report["modes"]] == list(MODES)
 
 
@@ -53,6 +57,8 @@ LEAKS = [
     ("leaky_adapters:ContextSnoop", "synthetic-reid", "validation",
      {"training labels", "validation labels"}),
     ("leaky_adapters:ContextSnoop", "digits", "sweep", {"training labels", "validation labels"}),
+    # declaring uses_labels excuses the training labels, nothing else
+    ("leaky_adapters:LabelsDeclaredButFileNamesRead", "synthetic-reid", "plain", {"file names"}),
 ]
 
 
@@ -65,6 +71,15 @@ def test_each_leaking_adapter_fails_naming_its_leak(method, dataset, mode, leaks
     assert set(verdict["leaks"]) == leaks, verdict["message"]
     for leak in leaks:
         assert f"with {leak} substituted" in verdict["message"]
+
+
+@pytest.mark.slow
+def test_a_false_uses_labels_declaration_fails():
+    report = audit("leaky_adapters:LabelsDeclaredButUnused", "synthetic-reid", modes=["plain"],
+                   profile="ci")
+    verdict = report["modes"][0]
+    assert not verdict["passed"] and verdict["verdict"] == "error"
+    assert "declares uses_labels, yet its outcome is bit-identical" in verdict["message"]
 
 
 @pytest.mark.slow

@@ -127,3 +127,33 @@ def test_the_walk_finds_labels_held_in_a_closure_or_a_bound_method():
     for root in (leaky_hook, Holder().hook, {"cb": lambda: labels}):
         arrays, _ = arrays_and_strings(reachable(root))
         assert _matches(arrays, labels)
+
+
+def test_only_the_supervised_ceiling_declares_labels_and_only_it_gets_them(synthetic):
+    """Of the registered adapters, `supervised` alone declares `uses_labels`, and the runner's view
+    carries labels for it and for no other (the labels being the identities in view order)."""
+    from benchmark.data.unlabeled import LabeledView
+    from benchmark.engine.method_registry import get_method, method_names
+    from benchmark.engine.runner import build_view
+
+    declared = [name for name in method_names() if get_method(name).uses_labels]
+    assert declared == ["supervised"]
+    digits = load_dataset("digits")
+    for name in method_names():
+        cls = get_method(name)
+        data = synthetic if "reid" in cls.tasks else digits
+        view, hidden = build_view(data, cls, seed=3)
+        if cls.uses_labels:
+            assert isinstance(view, LabeledView)
+            # independent of the view: identities parsed from the file names, in hidden order
+            pids = np.array([int(p.name.split("_")[0]) for p in data.train.paths])[hidden.order]
+            np.testing.assert_array_equal(view.labels, pids)
+        else:
+            assert not isinstance(view, LabeledView) and not hasattr(view, "labels")
+
+
+def test_a_declared_probe_is_handed_the_labels(synthetic, tmp_path):
+    """Positive control: with `uses_labels`, the same walk finds the identities in view order."""
+    seen = _snoop("DeclaredLabelSnoop", "synthetic-reid", tmp_path)
+    _, hidden = reid_view(synthetic.train, uses_camera_ids=False, seed=0)
+    assert _matches(seen["arrays"], hidden.labels)

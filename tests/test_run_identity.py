@@ -67,7 +67,11 @@ def test_paper_config_difference_names_both_values() -> None:
 
 
 def test_profile_init(tmp_path: Path, monkeypatch) -> None:
-    assert profile_init(ProbeMethod, get_profile("ci"), None)["key"] == "random"
+    ci = get_profile("ci")
+    assert profile_init(ProbeMethod, ci, None, "clustering")["key"] == "random"
+    assert profile_init(ProbeMethod, ci, None, "reid", random_init=True)["key"] == "random"
+    standin = profile_init(ProbeMethod, ci, None, "reid")
+    assert standin["key"] == "standin:ci" and standin["sha256"] == sha256(Path(standin["file"]))
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"imagenet, say")
     monkeypatch.setitem(run_identity.TORCHVISION_RESNET50, sha256(weights)[:8], IMAGENET_V1)

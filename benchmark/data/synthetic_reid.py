@@ -31,6 +31,7 @@ name carries it, so a new version regenerates instead of reusing stale images.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -48,7 +49,7 @@ from benchmark.data.registry import register_dataset
 from benchmark.data.types import ReidDataset
 from benchmark.paths import cache_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DATASET_NAME = "synthetic-reid"
 REGISTERED_SEED = 0
 METADATA_FILE = "synthetic-reid.json"
@@ -97,6 +98,9 @@ class SynthConfig:
     background_person: float = 0.2  # chance of another person behind
     crop_jitter: float = 0.05  # detector box shift, as a fraction of the image size
     scene_colour: float = 0.35  # colourfulness of backgrounds (0 grey, 1 the palettes' own colours)
+    # Turn of the garment palettes' hues, as a fraction of the colour circle: 0 keeps them; another
+    # value gives a population dressed in other colours (achromatic black, grey and white stay).
+    garment_hue_shift: float = 0.0
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
@@ -223,8 +227,26 @@ class Person:
     head: float  # head size relative to average
 
 
-def draw_person(rng: np.random.Generator, colour_jitter: float) -> Person:
+def _hue_turned(palette: np.ndarray, turn: float) -> np.ndarray:
+    if turn == 0.0:
+        return palette
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    hsv = rgb_to_hsv(palette)
+    hsv[:, 0] = (hsv[:, 0] + turn) % 1.0
+    return hsv_to_rgb(hsv).astype(_F)
+
+
+@functools.lru_cache(maxsize=8)
+def garment_palettes(turn: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(upper, lower, shoes, bag) palettes with hues turned by `turn` of the colour circle."""
+    return tuple(_hue_turned(p, float(turn)) for p in (UPPER, LOWER, SHOES, BAG))  # type: ignore
+
+
+def draw_person(rng: np.random.Generator, cfg: SynthConfig) -> Person:
     """Attributes drawn from the shared palettes, each colour nudged slightly for this person."""
+    colour_jitter = cfg.colour_jitter
+    upper_pal, lower_pal, shoes_pal, bag_pal = garment_palettes(cfg.garment_hue_shift)
 
     def colour(
         palette: np.ndarray, weights: np.ndarray, jitter: float = colour_jitter
@@ -232,24 +254,24 @@ def draw_person(rng: np.random.Generator, colour_jitter: float) -> Person:
         base = palette[_pick(rng, weights)]
         return np.clip(base + rng.normal(0.0, jitter, 3), 0.0, 1.0).astype(_F)
 
-    upper = colour(UPPER, UPPER_P)
-    upper2 = colour(UPPER, UPPER_P)
+    upper = colour(upper_pal, UPPER_P)
+    upper2 = colour(upper_pal, UPPER_P)
     return Person(
         upper=upper,
         upper2=upper2,
         pattern=_pick(rng, PATTERN_P),
         period=float(rng.uniform(0.03, 0.06)),
         short_sleeves=bool(rng.random() < 0.3),
-        lower=colour(LOWER, LOWER_P),
+        lower=colour(lower_pal, LOWER_P),
         lower_kind=_pick(rng, LOWER_KIND_P),
-        shoes=colour(SHOES, SHOES_P),
+        shoes=colour(shoes_pal, SHOES_P),
         skin=colour(SKIN, SKIN_P, colour_jitter / 2),
         hair=colour(HAIR, HAIR_P, colour_jitter / 2),
         long_hair=bool(rng.random() < 0.3),
         bag_kind=_pick(rng, BAG_KIND_P),
         bag_side=int(rng.choice([-1, 1])),
-        bag=colour(BAG, BAG_P),
-        logo=colour(UPPER, UPPER_P) if rng.random() < 0.25 else None,
+        bag=colour(bag_pal, BAG_P),
+        logo=colour(upper_pal, UPPER_P) if rng.random() < 0.25 else None,
         width=float(rng.choice([0.88, 1.0, 1.14])),
         height=float(rng.choice([0.94, 1.0, 1.05])),
         head=float(rng.choice([0.92, 1.0, 1.08])),
@@ -558,7 +580,7 @@ def _occlude(rng: np.random.Generator, img: np.ndarray, cfg: SynthConfig) -> Non
     h, w = img.shape[1:]
     kind = rng.random()
     if kind < 0.4:  # another person, mostly outside the box
-        other = draw_person(rng, cfg.colour_jitter)
+        other = draw_person(rng, cfg)
         hp = h * rng.uniform(0.85, 1.15)
         cx = w / 2 + rng.choice([-1, 1]) * w * rng.uniform(0.45, 0.75)
         render_person(img, other, _pick(rng, VIEW_P), rng.uniform(-1, 1),
@@ -635,7 +657,7 @@ def _identity_image(
     h, w = cfg.height, cfg.width
     img = _background(rng, cam, h, w)
     if rng.random() < cfg.background_person:
-        other = draw_person(rng, cfg.colour_jitter)
+        other = draw_person(rng, cfg)
         render_person(img, other, _pick(rng, VIEW_P), rng.uniform(-1, 1),
                       h * rng.uniform(0.0, 0.3), h * rng.uniform(0.5, 0.8),
                       w / 2 + rng.choice([-1, 1]) * w * rng.uniform(0.3, 0.6))
@@ -655,7 +677,7 @@ def _distractor_image(rng: np.random.Generator, cam: Camera, cfg: SynthConfig) -
     """A false detection: a passer-by badly framed, or a half body, never a test identity."""
     h, w = cfg.height, cfg.width
     img = _background(rng, cam, h, w)
-    person = draw_person(rng, cfg.colour_jitter)
+    person = draw_person(rng, cfg)
     kind = rng.random()
     if kind < 0.4:  # whole passer-by
         hp, top = h * rng.uniform(0.8, 0.95), h * rng.uniform(0.0, 0.1)
@@ -679,7 +701,7 @@ def _junk_image(rng: np.random.Generator, cam: Camera, cfg: SynthConfig) -> byte
     img = _background(rng, cam, h, w)
     kind = rng.random()
     if kind < 0.6:
-        person = draw_person(rng, cfg.colour_jitter)
+        person = draw_person(rng, cfg)
         if kind < 0.3:
             hp, top = h * rng.uniform(0.8, 1.0), h * rng.uniform(0.0, 0.1)
             cx = w / 2 + rng.choice([-1, 1]) * w * rng.uniform(0.7, 0.9)
@@ -769,7 +791,7 @@ def _generate(folder: Path, seed: int, cfg: SynthConfig) -> None:
     sizes = _allocate(rng, cfg.train_images, cfg.train_tracklets, 1, cfg.max_tracklet_images)
     k = 0
     for pid, cset in zip(train_pids, cam_sets):
-        person = draw_person(rng, cfg.colour_jitter)
+        person = draw_person(rng, cfg)
         for cam in cset:
             track = _tracklet(rng, cfg)
             for name in names.tracklet(int(pid), int(cam), int(sizes[k])):
@@ -782,7 +804,7 @@ def _generate(folder: Path, seed: int, cfg: SynthConfig) -> None:
     gallery = _allocate(rng, cfg.gallery_images, cfg.test_tracklets, 1, cfg.max_tracklet_images - 2)
     k = 0
     for pid, cset in zip(test_pids, cam_sets):
-        person = draw_person(rng, cfg.colour_jitter)
+        person = draw_person(rng, cfg)
         for cam in cset:
             track = _tracklet(rng, cfg)
             n = int(queries[k] + gallery[k])

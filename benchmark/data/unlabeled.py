@@ -104,6 +104,47 @@ def _rebuild_view(state: dict) -> UnlabeledView:
     return UnlabeledView(**state)
 
 
+class LabeledView(UnlabeledView):
+    """An `UnlabeledView` plus the labels in view order, `view.labels`.
+
+    Only for an adapter that declares `uses_labels` (the `supervised` ceiling that papers print): the
+    runner builds one for no other (`benchmark.engine.runner.build_view`), and records, tables and
+    plots mark such a run as using labels.
+    """
+
+    __slots__ = ("_labels",)
+
+    def __init__(self, *, labels: np.ndarray, **view: object) -> None:
+        super().__init__(**view)  # type: ignore[arg-type]
+        labels = np.array(labels, dtype=np.int64, copy=True)
+        if labels.shape != (len(self),):
+            raise ValueError(f"{labels.shape[0]} labels for {len(self)} images")
+        labels.setflags(write=False)
+        self._labels = labels
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Identity / class label of each image, in view order (read-only)."""
+        return self._labels
+
+    def __reduce__(self):
+        _, (state,) = super().__reduce__()
+        return (_rebuild_labeled_view, (state, self._labels))
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace("UnlabeledView(", "LabeledView(", 1)
+
+
+def _rebuild_labeled_view(state: dict, labels: np.ndarray) -> LabeledView:
+    return LabeledView(labels=labels, **state)
+
+
+def with_labels(view: UnlabeledView, labels: np.ndarray) -> LabeledView:
+    """The same images (and camera ids, if granted) with their labels attached."""
+    return LabeledView(labels=labels, encoded=view._encoded, pixels=view._pixels,
+                       camids=view._camids, num_cameras=view._num_cameras, kind=view.kind)
+
+
 @dataclass(frozen=True)
 class HiddenLabels:
     """What the harness keeps back: labels and camera ids in view order, and the permutation.

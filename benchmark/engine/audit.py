@@ -436,20 +436,34 @@ class Auditor:
 
     def audit_mode(self, mode: str) -> ModeVerdict:
         subs = applicable(mode, self.kind)
+        # An adapter that declares `uses_labels` (the supervised ceiling) is given the training
+        # labels: the audit then requires that they do change its outcome (they reach it, as
+        # declared) and that nothing else does.
+        declared = ("training labels",) if method_ref(self.method)[0].uses_labels else ()
+        subs = tuple(s for s in subs if s not in declared)
         t0 = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix=f"audit-{mode}-"))
         try:
-            base, alt = self._run(mode, workdir, [frozenset(), frozenset(subs)])
-            trainings = 2
+            base, alt, *uses = self._run(mode, workdir, [frozenset(), frozenset(subs)]
+                                         + [frozenset(declared)] * bool(declared))
+            trainings = 2 + len(uses)
             if base.error:
                 return self._verdict(mode, False, "error", subs, [], [],
                                      f"{mode}: the cell does not train unsubstituted: {base.error}",
                                      trainings, t0)
             changed = base.changes(alt)
+            if uses and not base.changes(uses[0]):
+                return self._verdict(
+                    mode, False, "error", subs, [], [],
+                    f"{mode}: the adapter declares uses_labels, yet its outcome is bit-identical "
+                    "with the training labels substituted: the labels do not reach it", trainings,
+                    t0)
             if not changed:
+                note = (" (training labels, declared by uses_labels, do change it, as expected)"
+                        if uses else "")
                 return self._verdict(mode, True, "pass", subs, [], [],
-                                     f"{mode}: bit-identical with {', '.join(subs)} substituted",
-                                     trainings, t0)
+                                     f"{mode}: bit-identical with {', '.join(subs)} substituted"
+                                     + note, trainings, t0)
             repeat, *singles = self._run(mode, workdir,
                                          [frozenset()] + [frozenset({s}) for s in subs])
             trainings += 1 + len(subs)

@@ -8,7 +8,8 @@ make it different.
 
 The isolation guarantee (DESIGN.md, integrity rule 1), checkable by reading this file:
 
-- An adapter receives exactly three things: an `UnlabeledView` (image bytes or pixels in a seeded
+- An adapter receives exactly three things (the one declared exception: an adapter with
+  `uses_labels`, the supervised ceiling, gets a `LabeledView` instead): an `UnlabeledView` (image bytes or pixels in a seeded
   order; camera ids only when `uses_camera_ids`), its resolved config (plain values), and a
   `RunContext`. The context's fields are listed below; none holds a label, an identity, a file name,
   a validation split or the test split. Its `sink` holds the method's own metrics and pseudo labels,
@@ -146,9 +147,15 @@ class MethodAdapter:
     paper: ClassVar[Paper | None] = None
     tasks: ClassVar[tuple[str, ...]] = ()
     uses_camera_ids: ClassVar[bool] = False
+    # True only for the `supervised` ceiling: the runner then hands it the training labels (a
+    # `LabeledView`), and records, tables and plots mark it and never rank it among unsupervised
+    # methods. Every other adapter gets an `UnlabeledView`.
+    uses_labels: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}  # the paper's hyperparameters
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}  # where the paper differs per dataset
-    profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {}  # scale for quick / ci (epochs, ...)
+    # scale for quick / ci (epochs, ...); a "<profile>:<dataset>" entry applies on top for one
+    # dataset (e.g. a clustering set whose quick backbone starts from random weights)
+    profile_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
     bounds: ClassVar[dict[str, Bound]] = {}  # numeric ranges, beyond COMMON_BOUNDS
     # Ops the method runs that have no deterministic CUDA kernel and do not warn under
     # torch.use_deterministic_algorithms (e.g. "torchvision.ops.deform_conv2d backward"); the harness
@@ -197,12 +204,14 @@ class MethodAdapter:
         return {**cls.defaults, **cls.dataset_defaults.get(dataset, {})}
 
     def resolve_config(self, dataset: str, profile: str) -> dict[str, Any]:
-        """Paper defaults < per-dataset paper defaults < profile scaling < explicit parameters.
+        """Paper defaults < per-dataset paper defaults < profile scaling < the profile's scaling
+        for one dataset (`profile_overrides["quick:digits"]`) < explicit parameters.
 
         A parameter given as None keeps the default (the timm convention)."""
         config = dict(self.defaults)
         config.update(self.dataset_defaults.get(dataset, {}))
         config.update(self.profile_overrides.get(profile, {}))
+        config.update(self.profile_overrides.get(f"{profile}:{dataset}", {}))
         unknown = sorted(set(self.params) - set(config))
         if unknown:
             raise ConfigError(
@@ -410,6 +419,9 @@ class RunContext:
     pseudo_label_hook: Callable[[int, np.ndarray], None] | None = None
     keep_checkpoints: int = 2
     weights: Path | None = None  # local ImageNet weights file (`--weights`) for pretrained backbones
+    # `run --init random`: the backbone starts from random weights even where the profile gives
+    # pretrained ones (ImageNet or the stand-in).
+    random_init: bool = False
     # Set by `report_init` when the method starts its backbone from a checkpoint instead of what
     # the profile gives (the record's `init` then names that file and its sha256).
     reported_init: dict[str, Any] | None = None

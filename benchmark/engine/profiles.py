@@ -22,6 +22,10 @@ class Profile:
     # CPU threads torch uses; None leaves torch's default. CPU float sums depend on how work is split
     # between threads, so a fixed count makes quick/ci numbers the same on every machine.
     cpu_threads: int | None = None
+    # The pretrained stand-in for ImageNet (a key of methods.common.standin.RECIPES) that re-ID
+    # backbones start from; None: ImageNet weights (`pretrained`) or random init. Clustering sets
+    # keep random init: the stand-in is a person re-ID source.
+    standin: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,8 +51,10 @@ PROFILES: dict[str, Profile] = {
         pretrained=False,
         eval_batch_size=256,
         num_workers=0,
-        description="small backbone, small images, few epochs: minutes on a laptop CPU",
+        description="small backbone, small images, few epochs: minutes on a laptop CPU; re-ID "
+        "backbones start from the quick pretrained stand-in (a source synthetic population)",
         cpu_threads=1,
+        standin="quick",
     ),
     "ci": Profile(
         name="ci",
@@ -58,8 +64,9 @@ PROFILES: dict[str, Profile] = {
         pretrained=False,
         eval_batch_size=256,
         num_workers=0,
-        description="smaller still, for CI",
+        description="smaller still, for CI; re-ID backbones start from the ci stand-in",
         cpu_threads=1,
+        standin="ci",
     ),
 }
 

@@ -17,6 +17,9 @@ Initial weights are named by an *init key*:
   stronger start and is named apart;
 - `checkpoint:<dataset>/<method>/<profile>`: the last checkpoint of another cell of this harness
   (e.g. similarity guidance's STL-10 run starting from its CIFAR-10 cell, as the paper does);
+- `standin:<profile>`: the `quick` / `ci` profiles' pretrained stand-in for ImageNet (the small
+  backbone learned with labels on a source synthetic population, `methods.common.standin`), named by
+  the file's sha256 like any other;
 - `file`: any other weights file, known only by its sha256.
 """
 
@@ -34,6 +37,7 @@ IMAGENET_V1 = "imagenet:IMAGENET1K_V1"
 # sha256 prefix of torchvision's published ResNet-50 files -> init key
 TORCHVISION_RESNET50 = {"0676ba61": IMAGENET_V1, "11ad3fa6": "imagenet:IMAGENET1K_V2"}
 OTHER_FILE = "file"
+STANDIN_PREFIX = "standin:"
 NO_NETWORK = "none"  # an encoder with no learned weights (k-means on pixels)
 
 INIT_DESCRIPTIONS = {
@@ -67,6 +71,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def describe_init(key: str) -> str:
+    if key.startswith(STANDIN_PREFIX):
+        return (f"the {key.removeprefix(STANDIN_PREFIX)} profile's pretrained stand-in for "
+                "ImageNet (learned with labels on a source synthetic population, not the target)")
     if key.startswith("checkpoint:"):
         return f"the last checkpoint of this harness's cell {key.removeprefix('checkpoint:')}"
     return INIT_DESCRIPTIONS.get(key, key)
@@ -82,6 +89,11 @@ def init_from_weights_file(path: str | Path) -> dict[str, Any]:
     """An ImageNet (or other) weights file the backbone is built from, named by its content."""
     sha = file_sha256(path)
     return init_record(TORCHVISION_RESNET50.get(sha[:8], OTHER_FILE), path, sha)
+
+
+def init_from_standin(name: str, path: str | Path) -> dict[str, Any]:
+    """The profile's pretrained stand-in for ImageNet, named by the file's content."""
+    return init_record(f"{STANDIN_PREFIX}{name}", path, file_sha256(path))
 
 
 def init_from_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from benchmark.data.unlabeled import (
     UnlabeledView,
     clustering_view,
     reid_view,
+    with_labels,
 )
 from benchmark.engine.contract import (
     EpochHook,
@@ -65,6 +66,7 @@ from benchmark.engine.run_identity import (
     NO_NETWORK,
     RANDOM,
     config_hash,
+    init_from_standin,
     init_from_weights_file,
     init_record,
     paper_config_diff,
@@ -188,16 +190,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def build_view(
     dataset: Dataset, method: type[MethodAdapter], seed: int
 ) -> tuple[UnlabeledView, HiddenLabels]:
+    """The training data as the method may see it: unlabeled, except for an adapter that declares
+    `uses_labels` (the supervised ceiling), which alone gets the labels attached."""
     if isinstance(dataset, ReidDataset):
-        return reid_view(dataset.train, uses_camera_ids=method.uses_camera_ids, seed=seed)
-    if isinstance(dataset, ClusteringDataset):
-        return clustering_view(dataset, seed=seed)
-    raise TypeError(f"unknown dataset type {type(dataset).__name__}")
+        view, hidden = reid_view(dataset.train, uses_camera_ids=method.uses_camera_ids, seed=seed)
+    elif isinstance(dataset, ClusteringDataset):
+        view, hidden = clustering_view(dataset, seed=seed)
+    else:
+        raise TypeError(f"unknown dataset type {type(dataset).__name__}")
+    if method.uses_labels:
+        view = with_labels(view, hidden.labels)
+    return view, hidden
 
 
 def make_context(
     *, device: torch.device, seed: int, profile: Profile, dataset: str, task: str,
     checkpoint_dir: Path, sink: HistorySink, weights: Path | None = None,
+    random_init: bool = False,
 ) -> RunContext:
     """The run context of a cell; its pseudo-label hook stores labels in the sink, nothing more."""
     generator = torch.Generator()
@@ -206,6 +215,7 @@ def make_context(
         device=device, seed=seed, profile=profile, dataset=dataset, task=task,
         checkpoint_dir=checkpoint_dir, rng=np.random.default_rng(seed), torch_generator=generator,
         sink=sink, pseudo_label_hook=sink.store_pseudo_labels, weights=weights,
+        random_init=random_init,
     )
 
 
@@ -287,6 +297,7 @@ def train_cell(
     checkpoint_dir: Path,
     sink: HistorySink,
     weights: Path | None = None,
+    random_init: bool = False,
 ) -> tuple[Trained, BestOnValidation | None]:
     """Train `adapter` on `plan`: its view, its context, and the harness's selector (scoring each
     epoch on `plan.selection`, kept in `checkpoint_dir`) as a hook of the epoch loop."""
@@ -297,12 +308,13 @@ def train_cell(
     view, hidden = build_view(plan.train, type(adapter), seed)
     ctx = make_context(device=device, seed=seed, profile=profile, dataset=dataset,
                        task=plan.train.kind, checkpoint_dir=checkpoint_dir, sink=sink,
-                       weights=weights)
+                       weights=weights, random_init=random_init)
     trained = fit_cell(adapter, view, hidden, config, ctx,
                        before_checkpoint=[selector] if selector is not None else ())
     return trained, selector
 
 
+INIT_CHOICES = ("profile", RANDOM)  # `run --init`: what the profile gives, or random weights
 TUNED_ON_KEY = "_tuned_on"  # in a sweep's best_params.json: the study whose hold-out chose them
 
 
@@ -393,6 +405,7 @@ def run_cell(
     weights: str | Path | None = None,
     force: bool = False,
     *,
+    init: str = "profile",
     root: str | Path | None = None,
     tracking: bool = True,
     log: Log | None = _stderr,
@@ -409,6 +422,9 @@ def run_cell(
     prof = get_profile(profile)
     card = get_card(dataset)
     check_seed(seed)
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {', '.join(INIT_CHOICES)}, got {init!r}")
+    random_init = init == RANDOM
     if card.kind not in cls.tasks:
         raise ValueError(
             f"method {cls.key} supports {', '.join(cls.tasks)}; dataset {dataset} is {card.kind}"
@@ -466,12 +482,14 @@ def run_cell(
             "paper": asdict(cls.paper) if cls.paper else None,
             "tasks": list(cls.tasks),
             "uses_camera_ids": cls.uses_camera_ids,
+            "uses_labels": cls.uses_labels,
             "deviations": cls.deviations(),
             "params": params,
             "tuned_on": tuned_on,  # the sweep whose validation hold-out chose `params`, if any
             "config": config,
             "profile_settings": prof.as_dict(),
             "weights": str(weights_path) if weights_path else None,
+            "init_option": init,
             # what exactly ran, as hashes (benchmark.engine.run_identity): seeds pool on these
             "config_hash": config_hash(config, prof.as_dict()),
             "paper_run": paper_run_facts(cls, dataset, config),
@@ -489,7 +507,7 @@ def run_cell(
         warned: list[str] = []
         sink = HistorySink(prefix, log)
         try:
-            record["init"] = profile_init(cls, prof, weights_path)
+            record["init"] = profile_init(cls, prof, weights_path, card.kind, random_init)
             data = load_dataset(dataset, root)
             failpoints.reached("load")
             record["dataset_facts"] = _dataset_facts(card, data)
@@ -502,6 +520,7 @@ def run_cell(
             trained, selector = train_cell(
                 adapter, plan, config, seed=seed, profile=prof, device=dev, dataset=dataset,
                 checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
+                random_init=random_init,
             )
             encoder, warned = trained.encoder, trained.nondeterministic_ops
             record["faiss_indexes"] = faiss_index.used()  # which index each search ran on
@@ -552,12 +571,18 @@ def run_cell(
         return record
 
 
-def profile_init(cls: type[MethodAdapter], profile: Profile, weights: Path | None) -> dict[str, Any]:
+def profile_init(cls: type[MethodAdapter], profile: Profile, weights: Path | None,
+                 task: str = "reid", random_init: bool = False) -> dict[str, Any]:
     """The record's `init` before training: what the profile's backbone starts from, the file named
     by its content (a method that loads another checkpoint replaces this through the context)."""
     if cls.paper_init_default == NO_NETWORK:
         return init_record(NO_NETWORK)
-    if not profile.pretrained:
+    from methods.common.backbones import standin_path
+
+    standin = standin_path(profile, task, random_init)
+    if standin is not None:
+        return init_from_standin(profile.standin, standin)
+    if random_init or not profile.pretrained:
         return init_record(RANDOM)
     from methods.common.backbones import find_resnet50_weights  # the file the backbone will load
 
@@ -642,6 +667,7 @@ def run_all(
     force: bool = False,
     progress: bool = True,
     jobs: int = 1,
+    init: str = "profile",
 ) -> list[dict[str, Any]]:
     """Every applicable cell; finished cells are skipped (their records returned); a cell that
     raises still yields a failed record and the suite goes on.
@@ -654,6 +680,8 @@ def run_all(
     get_profile(profile)
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if init not in INIT_CHOICES:
+        raise ValueError(f"--init must be one of {', '.join(INIT_CHOICES)}, got {init!r}")
     if weights is not None and not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file")
     cells = applicable_cells(seeds, methods=methods, datasets=datasets, root=root)
@@ -661,7 +689,7 @@ def run_all(
     if jobs > 1 and len(cells) > 1:
         return _run_parallel(cells, profile, Path(out), device=device, tracking_uri=tracking_uri,
                              tracking=tracking, weights=weights, root=root, force=force,
-                             progress=progress, jobs=jobs)
+                             progress=progress, jobs=jobs, init=init)
     records = []
     bar = tqdm(cells, desc="cells", unit="cell", file=sys.stderr, disable=not progress)
     for dataset, method, seed in bar:
@@ -671,6 +699,7 @@ def run_all(
             record = run_cell(
                 method, dataset, seed, profile, out, device, tracking_uri, None, weights, force,
                 root=root, tracking=tracking, log=lambda line: tqdm.write(line, file=sys.stderr),
+                init=init,
             )
         except Exception as exc:
             record = _failed_setup_record(method, dataset, seed, profile, exc)
@@ -683,17 +712,18 @@ def run_all(
 def _cell_in_worker(
     method: str, dataset: str, seed: int, profile: str, out: str, device: Any,
     weights: str | Path | None, force: bool, root: str | Path | None, uri: str | None,
+    init: str = "profile",
 ) -> dict[str, Any]:
     """One cell in a worker process: it writes the pending-tracking marker with its record, and
     the parent logs it to MLflow (one writer to the store); log lines to stderr."""
     return run_cell(method, dataset, seed, profile, out, device, uri, None, weights, force,
-                    root=root, tracking=uri is not None, log_now=False)
+                    root=root, tracking=uri is not None, log_now=False, init=init)
 
 
 def _run_parallel(
     cells: list[tuple[str, str, int]], profile: str, out: Path, *, device: Any,
     tracking_uri: str | None, tracking: bool, weights: str | Path | None,
-    root: str | Path | None, force: bool, progress: bool, jobs: int,
+    root: str | Path | None, force: bool, progress: bool, jobs: int, init: str = "profile",
 ) -> list[dict[str, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -707,7 +737,8 @@ def _run_parallel(
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
             pool.submit(_cell_in_worker, method, dataset, seed, profile, str(out),
-                        str(device) if device is not None else None, weights, force, root, uri):
+                        str(device) if device is not None else None, weights, force, root, uri,
+                        init):
             (dataset, method, seed)
             for dataset, method, seed in cells
         }
@@ -767,6 +798,8 @@ def summary_table(records: Sequence[Mapping[str, Any]]):  # -> pandas.DataFrame
         row["epochs"] = len(r.get("history") or [])
         row["time_s"] = round(float(r["wall_time_s"]), 1) if r.get("wall_time_s") else None
         notes = [n for n in ("synthetic", "withdrawn") if facts.get(n)]
+        if r.get("uses_labels"):
+            notes.append("uses labels: a ceiling, not ranked")
         if r.get("skipped"):
             notes.append("skipped: finished earlier")
         if r["status"] == FAILED:

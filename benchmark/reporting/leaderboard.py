@@ -624,7 +624,9 @@ def _draw_plots(tables: Sequence[Table], records: Sequence[Mapping[str, Any]], f
         curves_by_table[t.slug] = {row: c for (_, _, row), c in seed_cmc(labelled).items()}
         history_by_table[t.slug] = pseudo_label_history(labelled)
     for t in tables:
-        curves = curves_by_table[t.slug]
+        supervised = set(t.rows.loc[t.rows["uses_labels"], "row"]) if not t.rows.empty else set()
+        curves = {f"{row} (uses labels)" if row in supervised else row: c
+                  for row, c in curves_by_table[t.slug].items()}
         if curves:
             claimed = {}
             for c in t.cells.itertuples():

@@ -23,6 +23,7 @@ from torchvision.models.resnet import BasicBlock
 
 if TYPE_CHECKING:
     from benchmark.engine.contract import RunContext
+    from benchmark.engine.profiles import Profile
 
 BACKBONES = ("resnet50", "resnet-tiny")
 TINY_WIDTHS = (16, 32, 64, 128)
@@ -200,7 +201,8 @@ def build_backbone(
     if name == "resnet-tiny":
         if pretrained:
             raise BackboneWeightsError(
-                "resnet-tiny has no pretrained weights; profiles that use it train from scratch"
+                "resnet-tiny has no ImageNet weights; profiles that use it start from their "
+                "pretrained stand-in (methods.common.standin) or random init"
             )
         return PooledBackbone(_tiny_trunk(last_stride), TINY_WIDTHS[-1], pooling)
     raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
@@ -228,13 +230,34 @@ def forked_torch_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[
         yield
 
 
+def standin_path(profile: "Profile", task: str, random_init: bool = False) -> Path | None:
+    """The pretrained stand-in's weights file a run's backbone starts from (built on first use),
+    or None when it starts from ImageNet weights or random init."""
+    if random_init or profile.standin is None or task != "reid":
+        return None
+    from methods.common.standin import standin_weights
+
+    return standin_weights(profile.standin)
+
+
+def load_trunk(model: nn.Module, path: Path) -> None:
+    """Load a pooled backbone's trunk weights saved by the stand-in builder (all keys must match)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    trunk = {k.removeprefix("trunk."): v for k, v in state.items() if k.startswith("trunk.")}
+    model.trunk.load_state_dict(trunk, strict=True)
+
+
 def run_backbone(ctx: RunContext, *, last_stride: int = 2, pooling: str = "avg") -> nn.Module:
-    """The run profile's backbone (`ctx.profile.backbone`, pretrained per profile from
-    `ctx.weights` or the hub cache), randomly initialised parts seeded from `ctx.torch_generator`,
-    on `ctx.device`."""
+    """The run profile's backbone (`ctx.profile.backbone`): ImageNet weights per profile from
+    `ctx.weights` or the hub cache, or the profile's pretrained stand-in on re-ID data, or random
+    (`ctx.random_init`); randomly initialised parts seeded from `ctx.torch_generator`; on
+    `ctx.device`."""
     with forked_torch_rng(draw_seed(ctx.torch_generator), ctx.device):
         model = build_backbone(
-            ctx.profile.backbone, pretrained=ctx.profile.pretrained,
+            ctx.profile.backbone, pretrained=ctx.profile.pretrained and not ctx.random_init,
             weights=ctx.weights, last_stride=last_stride, pooling=pooling,
         )
+    standin = standin_path(ctx.profile, ctx.task, ctx.random_init)
+    if standin is not None:
+        load_trunk(model, standin)
     return model.to(ctx.device)

@@ -150,9 +150,17 @@ class USSL(EpochMethod):
       L_S is added together with L_Adv in stage 2.
     - The reported model is the last epoch's: nothing measured on the test split selects a model
       or a setting.
-    - quick / ci profiles: the small random-init ResNet on 64x32 / 32x16 inputs, surrogate images
-      32x16 / 16x8 (patches 16x8 / 8x4), K = 16 / 4, 128-d / 64-d features, 8 / 2 epochs of 40 / 4
-      batches of 64 / 16, lr 0.05 dropped x0.1 after epoch 6 (quick), stage 1 of 2 / 1 epochs.
+    - quick / ci profiles: the small ResNet from the profile's pretrained stand-in on 64x32 /
+      32x16 inputs, surrogate images 32x16 / 16x8 (patches 16x8 / 8x4), K = 16 / 4, 128-d / 64-d
+      features, 8 / 2 epochs of 40 / 4 batches of 64 / 16, the paper's lr 0.05 dropped x0.1 after
+      epoch 6 (quick), stage 1 of 2 / 1 epochs.
+    - On quick synthetic-reid, U-SSL (and U-SSL*) end below the direct-transfer floor, from their
+      mechanism: the test-time feature is a new linear embedding (and BN) on the pooled block,
+      randomly initialised and learned from surrogate classes of transformed patches, which
+      group images by pixel colour rather than by person, then from pseudo pairs built on that
+      embedding. The paper trains it for 300 epochs; in quick's 400 iterations at the paper's rate
+      it replaces the stand-in's pooled feature with a short-trained projection of it, and the
+      whole backbone moves at lr 0.05 under labels that are not identities.
     """
 
     key = "ussl"
