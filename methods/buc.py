@@ -126,7 +126,9 @@ class BUC(EpochMethod):
       every image as its own class, and the repelled loss pushes apart images of one person that
       the stand-in's features had already put together; the paper recovers from this over 20
       singleton epochs and 18 merge steps of two epochs each, quick over 6 merge steps of one
-      epoch, which is not enough to rebuild what stage 0 took apart.
+      epoch, which is not enough to rebuild what stage 0 took apart. Its last merges also join
+      different people: over seeds 0-2 the pseudo classes' pairwise precision is 0.51-0.56 at 960
+      clusters and 0.03-0.12 at the last step's 240, so the final epoch trains on mixed classes.
     """
 
     key = "buc"
