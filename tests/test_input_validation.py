@@ -102,6 +102,33 @@ def test_a_bad_method_module_is_named_with_exit_2(tmp_path, capsys, monkeypatch,
     assert rc == 2 and "user_adapter" in err and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("attribute", "message"), [
+    ("profile_overrides = {'quick': {'step_sise': 3}}",
+     "profile_overrides['quick'] sets step_sise, which `defaults` does not have"),
+    ("profile_overrides = {'quick:digits': {'lr': 0.1, 'lrr': 0.2}}",
+     "profile_overrides['quick:digits'] sets lrr"),
+    ("dataset_defaults = {'market1501': {'epochs': 3, 'epoch': 4}}",
+     "dataset_defaults['market1501'] sets epoch,"),
+    ("profile_overrides = {'quik': {'lr': 0.1}}", "profile_overrides key 'quik' names no profile"),
+    ("bounds = {'marginn': Bound(low=0)}", "bounds name marginn"),
+])
+def test_an_override_of_a_parameter_that_does_not_exist_is_refused(tmp_path, capsys, monkeypatch,
+                                                                   attribute, message):
+    """A misspelt key in an override table would add a parameter nothing reads and leave the
+    default in place; it is refused when the adapter is named, before any work."""
+    module = f"override_typo_{abs(hash(attribute))}"
+    (tmp_path / f"{module}.py").write_text(
+        "from benchmark.engine.contract import Bound\n"
+        "from methods.supervised import Supervised\n\n"
+        f"class Adapter(Supervised):\n    {attribute}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc = main(["run", "--method", f"{module}:Adapter", "--dataset", "synthetic-reid", "--profile",
+               "ci", "--out", str(tmp_path / "out"), "--no-tracking"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a usable adapter" in err and message in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("record.json"))
+
+
 def test_an_out_that_is_a_file_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("not a folder")

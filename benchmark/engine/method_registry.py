@@ -12,6 +12,7 @@ import pkgutil
 import re
 
 from benchmark.engine.contract import TASKS, MethodAdapter
+from benchmark.engine.profiles import PROFILES
 
 _REGISTRY: dict[str, type[MethodAdapter]] = {}
 _discovered = False
@@ -37,6 +38,30 @@ def check_declarations(cls: type) -> None:
         raise TypeError(f"{name}: declares no paper")
     if not cls.tasks or not set(cls.tasks) <= set(TASKS):
         raise TypeError(f"{name}: tasks {cls.tasks!r} must be a non-empty subset of {TASKS}")
+    _check_override_tables(cls, name)
+
+
+def _check_override_tables(cls: type[MethodAdapter], name: str) -> None:
+    """Every name an override table sets must be a parameter of `defaults`: `resolve_config`
+    applies the tables by dict update, so a misspelt key ("step_sise") would otherwise add a
+    parameter nothing reads and silently leave the default in place. Profile keys must name a
+    profile ("quick", or "quick:<dataset>" for one dataset)."""
+    known = set(cls.defaults)
+    tables = {"dataset_defaults": cls.dataset_defaults, "profile_overrides": cls.profile_overrides}
+    for table, entries in tables.items():
+        for where, overrides in entries.items():
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise TypeError(f"{name}: {table}[{where!r}] sets {', '.join(unknown)}, which "
+                                f"`defaults` does not have (known: {', '.join(sorted(known))})")
+    for where in cls.profile_overrides:
+        if where.partition(":")[0] not in PROFILES:
+            raise TypeError(f"{name}: profile_overrides key {where!r} names no profile "
+                            f"(profiles: {', '.join(PROFILES)}; one dataset: '<profile>:<dataset>')")
+    unbounded = sorted(set(cls.bounds) - known)
+    if unbounded:
+        raise TypeError(f"{name}: bounds name {', '.join(unbounded)}, which `defaults` does not "
+                        f"have")
 
 
 def _discover() -> None:
