@@ -393,14 +393,19 @@ def test_perf_rows_have_the_perf_table_fields_and_agree() -> None:
     tiny = PseudoLabelScale("tiny", 260, 15, 64, True)
     rows = rows_for_scale(tiny, seed=0, fresh_process=False)
     fields = {f.name for f in dataclasses.fields(Row)}
-    assert [set(r) for r in rows] == [fields] * 5
+    assert [set(r) for r in rows] == [fields] * 6
     assert [r["task"] for r in rows] == [
-        f"pseudo-labels ({phase})" for phase in ("kNN", "Jaccard", "DBSCAN", "total", "total")
+        f"pseudo-labels ({phase})"
+        for phase in ("kNN", "kNN", "Jaccard", "DBSCAN", "total", "total")
     ]
+    floor = rows[1]  # the kNN beside the bare products it multiplies out, in the same process
+    assert floor["reference"].startswith("GEMM floor") and floor["reference_seconds"] > 0
+    assert floor["ours_seconds"] == rows[0]["ours_seconds"] and floor["target_met"] is not None
     total, published = rows[-2:]
     assert total["max_metric_diff"] == pytest.approx(0.0, abs=1e-12)  # 1 - ARI
     assert total["max_distance_diff"] < 1e-6
-    assert total["ours_seconds"] == pytest.approx(sum(r["ours_seconds"] for r in rows[:3]))
+    assert total["ours_seconds"] == pytest.approx(
+        sum(r["ours_seconds"] for r in (rows[0], rows[2], rows[3])))
     # the published-structure pipeline gives the same clusters, and is timed beside ours
     assert published["reference"] == "published structure, timed here"
     assert published["max_metric_diff"] == pytest.approx(0.0, abs=1e-12)

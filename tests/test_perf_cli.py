@@ -35,6 +35,17 @@ def test_synthetic_distances_look_trained():
     assert (labels[1] == 0).sum() == scale.num_distractors
 
 
+def test_weak_regime_ranks_like_an_untrained_network():
+    """Market-sized weak distances score mAP 0.01-0.05, as an untrained network's features do."""
+    scale = dataclasses.replace(perf.SCALES["market"], num_query=256)
+    labels = perf.synthetic_labels(scale, 0)
+    weak = evaluate_reid(perf.synthetic_distmat(scale, 0, regime="weak"), *labels)
+    trained = evaluate_reid(perf.synthetic_distmat(scale, 0), *labels)
+    assert 0.01 <= weak["mAP"] <= 0.05 and trained["mAP"] > 0.4
+    with pytest.raises(ValueError, match="unknown regime"):
+        perf.synthetic_distmat(scale, 0, regime="random")
+
+
 def test_features_subset_keeps_labels_aligned():
     scale = perf.SCALES["small"]
     qf, gf, q_pids, g_pids, q_cams, g_cams = perf.synthetic_features(scale, 0, fraction=0.5)
@@ -55,7 +66,8 @@ def test_perf_command_small_scale(monkeypatch, capsys):
     rows = report["rows"]
     pseudo = {f"pseudo-labels ({phase})" for phase in ("kNN", "Jaccard", "DBSCAN", "total")}
     assert {(r["task"], r["scale"]) for r in rows} == {
-        (task, "small") for task in {"evaluation", "re-ranking", *pseudo}
+        (task, "small")
+        for task in {"evaluation", "evaluation (weak features)", "re-ranking", *pseudo}
     }
     for r in rows:
         if r["task"].startswith("pseudo-labels"):  # per-phase rows carry times only
@@ -64,8 +76,9 @@ def test_perf_command_small_scale(monkeypatch, capsys):
         assert r["ours_seconds"] > 0 and r["ours_peak_gib"] > 0 and r["ours_cpu_seconds"] > 0
         assert r["reference_seconds"] > 0 and r["reference_cpu_seconds"] > 0
         assert r["ratio"] == pytest.approx(r["ours_seconds"] / r["reference_seconds"])
-    classic = next(r for r in rows if r["reference"].startswith("classic"))
-    assert classic["max_metric_diff"] <= 1e-12 and classic["reference_size"] == "100 x 500"
+    for task in ("evaluation", "evaluation (weak features)"):  # exact in both regimes
+        classic = next(r for r in rows if r["task"] == task and r["reference"].startswith("classic"))
+        assert classic["max_metric_diff"] <= 1e-12 and classic["reference_size"] == "100 x 500"
     rerank = next(r for r in rows if r["task"] == "re-ranking")
     assert rerank["max_distance_diff"] < 1e-4 and rerank["max_metric_diff"] < 1e-6
     table = perf.format_table([perf.Row(**r) for r in rows])  # what the command prints without --json

@@ -154,10 +154,16 @@ def test_cuhk03_single_shot_matches_reference_loop(problem, seed, repeats, block
     assert_same(result, expected)
 
 
-@pytest.mark.parametrize("route", ["mask", "partition"])
-def test_both_candidate_routes_on_larger_galleries(monkeypatch, route):
-    """Rows with the hardest match near the top and deep down, through each candidate route."""
-    monkeypatch.setattr(reid, "_PARTITION_FROM", 10**9 if route == "partition" else 1)
+@pytest.mark.parametrize("pull", [2.5, 0.3])  # trained-like, and weak (most of a row kept)
+@pytest.mark.parametrize("route", ["keep", "whole", "passes", "chosen"])
+def test_both_candidate_routes_on_larger_galleries(monkeypatch, route, pull):
+    """Rows with the hardest match near the top and deep down, through each way of counting:
+    only the items up to a match taken out and sorted ("keep"), whole rows sorted ("whole"),
+    the deepest matches counted by comparison passes ("passes"), and the mix that the sampled
+    cost estimate chooses per row ("chosen")."""
+    forced = {"keep": "_COST_COPY", "whole": "_COST_KEEP", "passes": "_COST_SORT"}
+    if route in forced:
+        monkeypatch.setattr(reid, forced[route], 1e9)
     rng = np.random.default_rng(3)
     nq, ng = 30, 3000
     g_pids = rng.integers(0, 60, ng)
@@ -165,12 +171,14 @@ def test_both_candidate_routes_on_larger_galleries(monkeypatch, route):
     q_pids = rng.integers(1, 60, nq)
     q_cams = rng.integers(0, 6, nq)
     dist = rng.standard_normal((nq, ng)).astype(np.float32)
-    dist[q_pids[:, None] == g_pids[None, :]] -= np.float32(2.5)  # trained-like for most rows
+    dist[q_pids[:, None] == g_pids[None, :]] -= np.float32(pull)
     dist[::7] = np.round(dist[::7] * 4) / 4  # some rows full of exact ties
     expected = evaluate_reid_classic(dist, q_pids, g_pids, q_cams, g_cams, 50)
-    for threads in (1, 3):  # rows shared between threads: same numbers
-        result = evaluate_reid(dist, q_pids, g_pids, q_cams, g_cams, 50, block_rows=8, threads=threads)
-        assert_same(result, expected)
+    for dtype in (np.float32, np.float64):
+        for threads in (1, 3):  # blocks shared between threads: same numbers
+            result = evaluate_reid(dist.astype(dtype), q_pids, g_pids, q_cams, g_cams, 50,
+                                   block_rows=8, threads=threads)
+            assert_same(result, expected)
 
 
 def test_classic_reference_agrees_with_brute_force_on_tie_free_input():

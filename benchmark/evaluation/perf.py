@@ -9,7 +9,9 @@ Inputs are synthetic but shaped like the real benchmarks: Market-1501 (3,368 x 1
 identities, 6 cameras, 2,793 id-0 distractors) and MSMT17 (11,659 x 82,161, 3,060 identities,
 15 cameras). Distances look like a trained model's: N(0, 1) noise, with each query's
 same-identity items pulled closer by a per-query difficulty plus per-item noise, tuned so that
-mAP is about 0.6. Rows are generated per block of queries from their own seed, so the first n
+mAP is about 0.6; the "weak" regime pulls them less (mAP 0.02-0.04), as an untrained network's
+features rank them: what every unsupervised run starts from and every pruned sweep trial scores,
+and the hard case for an evaluator that only sorts the items before the hardest match. Rows are generated per block of queries from their own seed, so the first n
 rows of a subset are exactly the first n rows of the full matrix; this is what lets a reference
 that cannot hold the full problem run on a stated fraction of it and still be compared exactly.
 Re-ranking uses features (identity centre + camera shift + noise, L2-normalised); the dense
@@ -24,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-GIB = float(2**30)
+from benchmark.evaluation.perf_memory import GIB, peak_gib, reset_peak
+
 _ROWS_PER_SEED = 256  # distance rows generated from one seed (part of the data definition)
 _EXACT = 1e-6  # evaluation metrics must agree to this
 
@@ -52,6 +54,7 @@ class Scale:
     num_cameras: int
     num_distractors: int
     match_shift: float  # how much closer true matches are, in noise s.d.: sets mAP ~ 0.6
+    weak_match_shift: float  # the same for an untrained network's features: mAP ~ 0.01-0.05
     eval_fraction: float  # queries given to the classic evaluator / np.argsort references
     rerank_fraction: float  # queries and gallery given to the dense re-ranking reference
     feat_dim: int
@@ -59,17 +62,21 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "small": Scale("small", 100, 500, 40, 4, 40, 3.2, 1.0, 1.0, 32, 3),
-    "market": Scale("market", 3368, 15913, 750, 6, 2793, 3.7, 1.0, 0.2, 128, 3),
-    "msmt17": Scale("msmt17", 11659, 82161, 3060, 15, 0, 4.0, 0.25, 0.05, 128, 1),
+    "small": Scale("small", 100, 500, 40, 4, 40, 3.2, 0.0, 1.0, 1.0, 32, 3),
+    "market": Scale("market", 3368, 15913, 750, 6, 2793, 3.7, 0.5, 1.0, 0.2, 128, 3),
+    "msmt17": Scale("msmt17", 11659, 82161, 3060, 15, 0, 4.0, 0.5, 0.25, 0.05, 128, 1),
 }
 DEFAULT_SCALES = ("market", "msmt17")
 
-# Targets from the issue (seconds, GiB); the Market evaluation target is relative to np.argsort.
-EVAL_VS_ARGSORT = 0.6
-MSMT_EVAL_SECONDS = 8.0
-MSMT_EVAL_GIB = 12.0
+# Targets (issue 20; seconds, GiB). Evaluation is timed against np.argsort of the same matrix in
+# both regimes: at Market scale in the same process, at MSMT17 scale on the reference's subset.
+EVAL_VS_ARGSORT = 0.12
+MSMT_EVAL_VS_ARGSORT = 0.15
+MSMT_EVAL_SECONDS = 2.5
+MSMT_EVAL_EXTRA_GIB = 6.0  # peak beyond the input matrix
 MARKET_RERANK_GIB = 4.0
+MSMT_RERANK_SECONDS = 60.0
+MSMT_RERANK_GIB = 4.64  # the peak before this target was set: "within the same memory"
 
 
 # ---------------------------------------------------------------- synthetic inputs
@@ -90,8 +97,21 @@ def synthetic_labels(scale: Scale, seed: int) -> tuple[np.ndarray, np.ndarray, n
     return q_pids, g_pids, q_camids, g_camids
 
 
-def synthetic_distmat(scale: Scale, seed: int, num_rows: int | None = None) -> np.ndarray:
-    """The first `num_rows` query rows (default all) of the scale's distance matrix, float32."""
+REGIMES = ("trained", "weak")
+
+
+def synthetic_distmat(
+    scale: Scale, seed: int, num_rows: int | None = None, regime: str = "trained"
+) -> np.ndarray:
+    """The first `num_rows` query rows (default all) of the scale's distance matrix, float32.
+
+    regime "trained": true matches near the top (mAP ~ 0.6); "weak": as an untrained network's
+    features rank them (mAP ~ 0.01-0.05), so most of the gallery lies before the hardest match.
+    This is what every unsupervised run starts from and what a pruned sweep trial scores.
+    """
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; use one of {REGIMES}")
+    shift = scale.match_shift if regime == "trained" else scale.weak_match_shift
     q_pids, g_pids, _, _ = synthetic_labels(scale, seed)
     num_rows = scale.num_query if num_rows is None else num_rows
     order = np.argsort(g_pids, kind="stable")
@@ -107,7 +127,7 @@ def synthetic_distmat(scale: Scale, seed: int, num_rows: int | None = None) -> n
             g = np.searchsorted(ids, q_pids[i])
             if g < ids.size and ids[g] == q_pids[i]:
                 same = order[starts[g] : starts[g] + counts[g]]
-                pull = scale.match_shift + difficulty[i - start] + 0.7 * rng.standard_normal(same.size)
+                pull = shift + difficulty[i - start] + 0.7 * rng.standard_normal(same.size)
                 z[i - start, same] -= pull.astype(np.float32)
         rows = z[: stop - start]
         rows *= np.float32(0.1)
@@ -137,10 +157,6 @@ def synthetic_features(scale: Scale, seed: int, fraction: float = 1.0) -> tuple[
 # ---------------------------------------------------------------- jobs (each in a fresh process)
 
 
-def _peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
-
-
 def _best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     """(wall seconds, CPU seconds of all threads) of the fastest of `repeats` runs, and its output.
 
@@ -162,9 +178,15 @@ def _metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_evaluate(
-    scale_name: str, seed: int, impl: str, num_rows: int, repeats: int, with_argsort: bool = False
+    scale_name: str,
+    seed: int,
+    impl: str,
+    num_rows: int,
+    repeats: int,
+    with_argsort: bool = False,
+    regime: str = "trained",
 ) -> dict[str, Any]:
-    """Time one evaluator on the first `num_rows` queries.
+    """Time one evaluator on the first `num_rows` queries of the `regime`'s distances.
 
     impl: "ours" (with `with_argsort`, np.argsort of the same matrix is timed after it, in this
     process), "classic" (the per-query reference) or "argsort" (np.argsort(distmat, axis=1)).
@@ -174,17 +196,17 @@ def job_evaluate(
 
     scale = SCALES[scale_name]
     q_pids, g_pids, q_camids, g_camids = synthetic_labels(scale, seed)
-    base = _peak_gib()
-    distmat = synthetic_distmat(scale, seed, num_rows)
+    distmat = synthetic_distmat(scale, seed, num_rows, regime)
+    base = reset_peak()  # the peak counts from here: the input is in memory
     labels = (q_pids[:num_rows], g_pids, q_camids[:num_rows], g_camids)
     out: dict[str, Any] = {"input_gib": distmat.nbytes / GIB, "base_gib": base}
     if impl == "argsort":
         out["seconds"], out["cpu_seconds"], _ = _best_of(lambda: np.argsort(distmat, axis=1), repeats)
-        out["peak_gib"] = _peak_gib()
+        out["peak_gib"] = peak_gib()
         return out
     run = evaluate_reid_classic if impl == "classic" else evaluate_reid
     out["seconds"], out["cpu_seconds"], result = _best_of(lambda: run(distmat, *labels), repeats)
-    out["peak_gib"] = _peak_gib()
+    out["peak_gib"] = peak_gib()
     out["metrics"] = _metrics(result)
     if with_argsort:
         sort = _best_of(lambda: np.argsort(distmat, axis=1), repeats)
@@ -199,7 +221,7 @@ def job_rerank(
     from benchmark.evaluation.reid import evaluate_reid
 
     scale = SCALES[scale_name]
-    base = _peak_gib()
+    base = peak_gib()
     qf, gf, q_pids, g_pids, q_camids, g_camids = synthetic_features(scale, seed, fraction)
     if impl == "ours":
         from benchmark.evaluation.rerank import rerank
@@ -209,7 +231,7 @@ def job_rerank(
         from benchmark.evaluation.rerank_reference import rerank_dense
 
         seconds, cpu, dist = _best_of(lambda: rerank_dense(qf, gf), 1)
-    out = {"seconds": seconds, "cpu_seconds": cpu, "peak_gib": _peak_gib(), "base_gib": base}
+    out = {"seconds": seconds, "cpu_seconds": cpu, "peak_gib": peak_gib(), "base_gib": base}
     out["input_gib"] = (qf.nbytes + gf.nbytes) / GIB
     out["metrics"] = _metrics(evaluate_reid(dist, q_pids, g_pids, q_camids, g_camids))
     if save_to is not None:
@@ -257,14 +279,19 @@ def _metric_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
     return float(max(abs(a["mAP"] - b["mAP"]), abs(a["mINP"] - b["mINP"]), cmc))
 
 
-def _evaluation_rows(scale: Scale, seed: int) -> list[Row]:
+def _evaluation_rows(scale: Scale, seed: int, regime: str) -> list[Row]:
+    """Our evaluator beside np.argsort and the classic evaluator, on one regime's distances."""
+    task = "evaluation" if regime == "trained" else "evaluation (weak features)"
     full = _size(scale.num_query, scale.num_gallery)
+    common = {"scale_name": scale.name, "seed": seed, "regime": regime}
     ours = _in_fresh_process(
-        job_evaluate, scale_name=scale.name, seed=seed, impl="ours", num_rows=scale.num_query,
-        repeats=scale.repeats, with_argsort=scale.eval_fraction >= 1.0,
+        job_evaluate, **common, impl="ours", num_rows=scale.num_query, repeats=scale.repeats,
+        with_argsort=scale.eval_fraction >= 1.0,
     )
-    mAP = ours["metrics"]["mAP"]
-    shape_note = f"synthetic trained-like distances: mAP {mAP:.3f}, mINP {ours['metrics']['mINP']:.3f}"
+    shape_note = (
+        f"synthetic {'trained' if regime == 'trained' else 'untrained'}-like distances: "
+        f"mAP {ours['metrics']['mAP']:.3f}, mINP {ours['metrics']['mINP']:.3f}"
+    )
     rows: list[Row] = []
     n_sub = max(1, round(scale.num_query * scale.eval_fraction))
     sub = _size(n_sub, scale.num_gallery)
@@ -275,40 +302,46 @@ def _evaluation_rows(scale: Scale, seed: int) -> list[Row]:
         if scale.name == "market":
             target, met = f"<= {EVAL_VS_ARGSORT}x np.argsort", ratio <= EVAL_VS_ARGSORT
         rows.append(
-            Row("evaluation", scale.name, "np.argsort(distmat, axis=1), same process", full, full,
+            Row(task, scale.name, "np.argsort(distmat, axis=1), same process", full, full,
                 ours["seconds"], ours["argsort_seconds"], ratio, ours["peak_gib"], None, None,
                 ours_cpu_seconds=ours["cpu_seconds"], reference_cpu_seconds=ours["argsort_cpu_seconds"],
                 target=target, target_met=met, note=shape_note)
         )
     else:
-        ours_sub = _in_fresh_process(
-            job_evaluate, scale_name=scale.name, seed=seed, impl="ours", num_rows=n_sub, repeats=1
-        )
-        met = ours["seconds"] <= MSMT_EVAL_SECONDS and ours["peak_gib"] < MSMT_EVAL_GIB
+        ours_sub = _in_fresh_process(job_evaluate, **common, impl="ours", num_rows=n_sub, repeats=1)
+        extra = ours["peak_gib"] - ours["base_gib"]
+        target, met = "", None
+        if scale.name == "msmt17" and regime == "trained":
+            target = f"<= {MSMT_EVAL_SECONDS:g} s, peak <= input + {MSMT_EVAL_EXTRA_GIB:g} GiB"
+            met = ours["seconds"] <= MSMT_EVAL_SECONDS and extra <= MSMT_EVAL_EXTRA_GIB
+        elif scale.name == "msmt17":
+            target = f"peak <= input + {MSMT_EVAL_EXTRA_GIB:g} GiB"
+            met = extra <= MSMT_EVAL_EXTRA_GIB
         rows.append(
-            Row("evaluation", scale.name, "(ours alone, full size)", full, "", ours["seconds"], None,
+            Row(task, scale.name, "(ours alone, full size)", full, "", ours["seconds"], None,
                 None, ours["peak_gib"], None, None, ours_cpu_seconds=ours["cpu_seconds"],
-                target=f"<= {MSMT_EVAL_SECONDS:g} s and < {MSMT_EVAL_GIB:g} GiB peak", target_met=met,
-                note=shape_note)
+                target=target, target_met=met,
+                note=f"{shape_note}; input {ours['input_gib']:.2f} GiB, peak {extra:+.2f} GiB beyond "
+                "the process with its input loaded")
         )
-        argsort = _in_fresh_process(
-            job_evaluate, scale_name=scale.name, seed=seed, impl="argsort", num_rows=n_sub, repeats=1
-        )
+        argsort = _in_fresh_process(job_evaluate, **common, impl="argsort", num_rows=n_sub, repeats=1)
+        ratio = ours_sub["seconds"] / argsort["seconds"]
+        target, met = "", None
+        if scale.name == "msmt17":
+            target, met = f"<= {MSMT_EVAL_VS_ARGSORT}x np.argsort", ratio <= MSMT_EVAL_VS_ARGSORT
         rows.append(
-            Row("evaluation", scale.name, "np.argsort(distmat, axis=1)", sub, sub, ours_sub["seconds"],
-                argsort["seconds"], ours_sub["seconds"] / argsort["seconds"], ours_sub["peak_gib"],
-                argsort["peak_gib"], None, ours_cpu_seconds=ours_sub["cpu_seconds"],
-                reference_cpu_seconds=argsort["cpu_seconds"],
-                note=f"reference on the first {scale.eval_fraction:.0%} of the queries: the full "
+            Row(task, scale.name, "np.argsort(distmat, axis=1)", sub, sub, ours_sub["seconds"],
+                argsort["seconds"], ratio, ours_sub["peak_gib"], argsort["peak_gib"], None,
+                ours_cpu_seconds=ours_sub["cpu_seconds"], reference_cpu_seconds=argsort["cpu_seconds"],
+                target=target, target_met=met,
+                note=f"both on the first {scale.eval_fraction:.0%} of the queries: the full "
                 "argsort's int64 output alone would be 2x the float32 matrix")
         )
-    classic = _in_fresh_process(
-        job_evaluate, scale_name=scale.name, seed=seed, impl="classic", num_rows=n_sub, repeats=1
-    )
+    classic = _in_fresh_process(job_evaluate, **common, impl="classic", num_rows=n_sub, repeats=1)
     note = "" if scale.eval_fraction >= 1.0 else (
         f"reference on the first {scale.eval_fraction:.0%} of the queries (time)")
     rows.append(
-        Row("evaluation", scale.name, "classic per-query evaluator (argsort per row)", sub, sub,
+        Row(task, scale.name, "classic per-query evaluator (argsort per row)", sub, sub,
             ours_sub["seconds"], classic["seconds"], ours_sub["seconds"] / classic["seconds"],
             ours_sub["peak_gib"], classic["peak_gib"],
             _metric_diff(ours_sub["metrics"], classic["metrics"]),
@@ -365,7 +398,8 @@ def perf_table(scales: list[str], seed: int) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="benchmark-perf-") as tmp:
         for name in scales:
             scale = SCALES[name]
-            rows += _evaluation_rows(scale, seed)
+            for regime in REGIMES:
+                rows += _evaluation_rows(scale, seed, regime)
             rows += _rerank_rows(scale, seed, Path(tmp))
             rows += _pseudo_labelling_rows(name, seed)
     return rows
@@ -428,7 +462,7 @@ def run_perf(args: argparse.Namespace) -> int:
     after = machine()
     env = {**before, "load_average_1min": [before["load_average_1min"], after["load_average_1min"]]}
     exact = all(
-        r.task != "evaluation" or r.max_metric_diff is None or r.max_metric_diff <= _EXACT for r in rows
+        not r.task.startswith("evaluation") or r.max_metric_diff is None or r.max_metric_diff <= _EXACT for r in rows
     ) and all(  # pseudo labels: 1 - ARI against the direct reference may not exceed 0.001
         not r.task.startswith("pseudo") or r.max_metric_diff is None or r.max_metric_diff <= 1e-3
         for r in rows

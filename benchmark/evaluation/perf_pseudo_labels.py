@@ -19,7 +19,6 @@ row, and the flat faiss search timed beside ours, rather than absolute seconds a
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-GIB = float(2**30)
+from benchmark.evaluation.perf_memory import GIB, peak_gib, reset_peak
 
 # Published Cluster Contrast implementation on the 2-core reference machine, Market train, 2048-d:
 # kNN 3.3 s + Jaccard 17.1 s + DBSCAN 1.2 s, as stated in the issue. Target: a quarter of it.
@@ -57,6 +56,14 @@ SCALES: dict[str, PseudoLabelScale] = {
     "msmt17": PseudoLabelScale("msmt17", 32621, 1041, 2048, False),
 }
 K1, K2, EPS, MIN_SAMPLES = 30, 6, 0.6, 4
+KNN_BLOCK_ROWS = 512  # methods.common.knn's default block
+# Targets (issue 20): kNN within 1.3x its GEMM floor; at Market scale the total within 0.12x of
+# the published structure timed here; at MSMT17 scale the total within 1.5x the floor and at most
+# 2 GiB beyond the input.
+KNN_VS_FLOOR = 1.3
+MARKET_VS_PUBLISHED = 0.12
+MSMT_TOTAL_VS_FLOOR = 1.5
+MSMT_EXTRA_GIB = 2.0
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -115,43 +122,25 @@ def reid_like_features(
 # ---------------------------------------------------------------- jobs (each in a fresh process)
 
 
-def _status_gib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024 / GIB  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> float:
-    """Restart the peak-RSS count here (Linux: clear_refs 5); returns the current RSS in GiB.
-
-    Without it the input generator's temporaries would set the peak. Elsewhere the peak is the
-    process's ru_maxrss since start.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    return _status_gib("VmRSS") or _peak_gib()
-
-
-def _peak_gib() -> float:
-    hwm = _status_gib("VmHWM")
-    if hwm is not None:
-        return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # Linux: KiB
-
-
 def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     """(wall seconds, process CPU seconds, result) of one call."""
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def gemm_floor(x: np.ndarray, block_rows: int = KNN_BLOCK_ROWS) -> None:
+    """The bare products the symmetric kNN multiplies out (the upper block triangle of X X^T,
+    same blocks, same BLAS), with nothing done with them: the kNN stage's floor."""
+    for start in range(0, x.shape[0], block_rows):
+        x[start:start + block_rows] @ x[start:].T
+
+
+def square_gemm_gflops(x: np.ndarray, size: int = 4096) -> float:
+    """GFLOP/s of one square float32 product on this machine (best of 2), for the note."""
+    a = x[: min(size, x.shape[0])]
+    best = min(_timed(lambda: a @ a.T)[0] for _ in range(2))
+    return 2.0 * a.shape[0] ** 2 * a.shape[1] / best / 1e9
 
 
 def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: str) -> dict[str, Any]:
@@ -175,7 +164,7 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
     from methods.common.knn import knn
 
     features, _, _ = reid_like_features(scale.num_images, scale.num_ids, scale.dim, seed)
-    base = _reset_peak()  # the peak counts from here: imports and input loaded
+    base = reset_peak()  # the peak counts from here: imports and input loaded
     out: dict[str, Any] = {"base_gib": base, "input_gib": features.nbytes / GIB}
     if impl == "ours":
         out["knn"], c1, (sims, ranking) = _timed(lambda: knn(features, K1))
@@ -183,6 +172,8 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
             lambda: jaccard_from_neighbours(features, sims, ranking, K1, K2)
         )
         out["stored_per_row"] = dist.nnz / scale.num_images
+        out["floor"], _, _ = _timed(lambda: gemm_floor(features))
+        out["gemm_gflops"] = square_gemm_gflops(features)
         # the search the published code runs (a flat index over all pairs), for calibration
         out["flat_knn"], _, _ = _timed(lambda: knn(features, K1, backend="faiss-flat"))
     elif impl == "published":
@@ -197,7 +188,7 @@ def job_pseudo_labels(scale: PseudoLabelScale, seed: int, impl: str, workdir: st
     out["dbscan"], c3, labels = _timed(lambda: dbscan_pseudo_labels(dist, EPS, MIN_SAMPLES))
     out["cpu"] = c1 + c2 + c3
     out["total"] = out["knn"] + out["jaccard"] + out["dbscan"]
-    out["peak_gib"] = _peak_gib()
+    out["peak_gib"] = peak_gib()
     np.save(f"{workdir}/{impl}_labels.npy", labels)
     if impl == "ours":
         sp.save_npz(f"{workdir}/ours_dist.npz", dist)
@@ -279,6 +270,16 @@ def rows_for_scale(
         f"; a full faiss IndexFlatIP search (what the published code runs) took "
         f"{ours['flat_knn']:.2f} s in the same process"
     )
+    knn_ratio = ours["knn"] / ours["floor"]
+    floor_gflop = scale.num_images * (scale.num_images + KNN_BLOCK_ROWS) * scale.dim / 1e9
+    rows.insert(1, _row(
+        "pseudo-labels (kNN)", scale.name, "GEMM floor: bare X X^T over the same blocks", size,
+        ours["knn"], ours["floor"], target=f"<= {KNN_VS_FLOOR}x the floor",
+        target_met=knn_ratio <= KNN_VS_FLOOR,
+        note=f"floor: the upper block triangle of X X^T ({floor_gflop:.0f} GFLOP) in "
+        f"{KNN_BLOCK_ROWS}-row blocks, same process, {floor_gflop / ours['floor']:.0f} GFLOP/s; one "
+        f"square 4096 x {scale.dim} sgemm runs at {ours['gemm_gflops']:.0f} GFLOP/s here",
+    ))
     total = _row(
         "pseudo-labels (total)", scale.name,
         "direct dense reference" if ref else "(ours alone; a dense reference needs N x N matrices)",
@@ -310,6 +311,13 @@ def rows_for_scale(
                 "(faiss kNN + per-sample loops) as the issue measured it; the same pipeline timed "
                 "here is the next row"
             )
+    if scale.name == "msmt17":
+        extra = ours["peak_gib"] - ours["base_gib"]
+        total["target"] = (f"<= {MSMT_TOTAL_VS_FLOOR}x the GEMM floor, peak <= input + "
+                           f"{MSMT_EXTRA_GIB:g} GiB")
+        total["target_met"] = (ours["total"] <= MSMT_TOTAL_VS_FLOOR * ours["floor"]
+                               and extra <= MSMT_EXTRA_GIB)
+        notes.append(f"total / GEMM floor = {ours['total'] / ours['floor']:.2f}")
     total["note"] = "; ".join(notes)
     if pub is None:
         return rows + [total]
@@ -319,8 +327,10 @@ def rows_for_scale(
         ours["total"], pub["total"], ours_peak_gib=ours["peak_gib"],
         reference_peak_gib=pub["peak_gib"], ours_cpu_seconds=ours["cpu"],
         reference_cpu_seconds=pub["cpu"], max_metric_diff=1.0 - ari,
-        target=f"<= 1/4 of the published structure and ARI >= {TARGET_ARI}",
-        target_met=4 * ours["total"] <= pub["total"] and ari >= TARGET_ARI,
+        target=f"<= {MARKET_VS_PUBLISHED}x the published structure and ARI >= {TARGET_ARI}"
+        if scale.name == "market" else f"<= 1/4 of the published structure and ARI >= {TARGET_ARI}",
+        target_met=(ours["total"] <= (MARKET_VS_PUBLISHED if scale.name == "market" else 0.25)
+                    * pub["total"]) and ari >= TARGET_ARI,
     )
     published["note"] = (
         f"published structure (flat faiss search, per-sample numpy loops over dense N x N "
@@ -330,8 +340,6 @@ def rows_for_scale(
         f"{'identical' if np.array_equal(pub_labels, ours_labels) else 'differ'}, ARI {ari:.6f}"
     )
     return rows + [total, published]
-    total["note"] = "; ".join(notes)
-    return rows + [total]
 
 
 def pseudo_labelling_rows(scale: str, seed: int) -> list[dict[str, Any]]:

@@ -9,15 +9,19 @@ number of valid gallery items ranked before it. Per query:
 1. its same-identity gallery items come from the identity groups (no scan of the row);
 2. one comparison pass counts the items not farther than its hardest true match: only these can
    sit in front of any match. For a trained model the matches are near the top, so these are few;
-3. only those items are sorted (numpy's SIMD sort; taken out by a boolean mask when few, by
-   np.partition when many), and `np.searchsorted` of the handful of match distances into them
-   gives, per match, the items strictly closer and the items at exactly its distance; the
-   query's own identity is counted the same way and subtracted, and exact ties with a negative
-   (rare) are settled by gallery index.
-Rows are independent: threads share a block's rows. Memory stays bounded because queries are
-processed in blocks. On an accelerator (a torch tensor on a GPU, or `evaluate_reid_features`
-there) each block's rows are instead sorted whole on the device and searched with one batched
-torch.searchsorted, with no per-row Python loop.
+3. only those items are sorted (numpy's SIMD sort; taken out by a boolean mask, or the row
+   sorted whole when they are most of it, as with an untrained network's features), and a
+   batched searchsorted of the match distances into them gives, per match, the items strictly
+   closer and the items at exactly its distance. A stray hard match deep in a trained model's
+   ranking is instead counted by two comparison passes over the row, which costs far less than
+   sorting down to it; a sample of each row decides the split by estimated cost, and every
+   choice gives the same exact counts. The query's own identity is counted the same way and
+   subtracted, and exact ties with a negative (rare) are settled by gallery index.
+Blocks of queries are independent and their work releases the GIL, so threads share the blocks;
+memory stays bounded because queries are processed in blocks, each thread reusing its scratch
+buffers (a fresh large array costs a page fault per 4 KiB). On an accelerator (a torch tensor
+on a GPU, or `evaluate_reid_features` there) each block's rows are instead sorted whole on the
+device and searched with one batched torch.searchsorted, with no per-row Python loop.
 
 Protocol (the field's standard, as torchreid / fast-reid implement it):
 - for each query, gallery items with the same identity AND the same camera are removed;
@@ -50,9 +54,10 @@ Variants that papers use and that every result records under "protocol":
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -71,9 +76,18 @@ TIE_RULE = "stable sort by (distance, gallery index)"
 # Distance-matrix elements handled per block of queries: bounds the per-block temporaries (a float
 # copy of non-float input; on an accelerator, the sorted block) to tens of MB whatever the size.
 _BLOCK_ELEMENTS = 1 << 23
-# Rows where at least 1/_PARTITION_FROM of the gallery lies before the hardest match take the
-# np.partition route (measured crossover with boolean extraction: about 5% of the row).
-_PARTITION_FROM = 20
+# Rows are sorted in groups of about _GROUP_ELEMENTS items (padded).
+_GROUP_ELEMENTS = 1 << 20
+# The split between sorting and comparison passes (see `_counts_before_cpu`): a row sample of
+# up to _SAMPLE_RUNS runs of 16 columns, at most this many matches counted by passes, and the
+# measured costs per gallery item (ns on the 2-core reference machine; only ratios matter).
+_SAMPLE_RUNS = 48
+_MAX_COUNTED_BY_PASSES = 16
+_COST_SORT = 8.0  # numpy's SIMD sort, per sorted item
+_COST_COPY = 0.6  # copying the row to sort it whole
+_COST_KEEP = 0.7  # the comparison pass that takes the items up to a threshold out ...
+_COST_KEEP_PER_ITEM = 11.0  # ... plus this per item taken (boolean indexing mispredicts)
+_COST_PASSES = 0.7  # one match counted: a "<" pass and a "<=" pass
 # The CMC curve is computed at least this deep so that R10 exists whatever `max_rank` is.
 _MIN_CURVE = 10
 
@@ -158,49 +172,159 @@ def _sorted_matches(d_same: np.ndarray, gidx: np.ndarray, is_match: np.ndarray) 
     return np.take_along_axis(d_same, perm, 1), np.take_along_axis(gidx, perm, 1)
 
 
+class _Scratch:
+    """Per-thread buffers reused from block to block by the CPU counts of one evaluation.
+
+    A fresh large array costs a page fault per 4 KiB on first touch, which at these sizes costs
+    more than the comparisons and the sort themselves.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def buffer(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
+        """A flat array of `size` items of `dtype`, this thread's own, reused between calls."""
+        key = f"{name}-{np.dtype(dtype).str}"
+        buf = getattr(self._local, key, None)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            setattr(self._local, key, buf)
+        return buf[:size]
+
+
+def _sample_columns(num_gallery: int) -> np.ndarray:
+    """Runs of 16 adjacent columns (one cache line of float32) spread evenly over the gallery."""
+    runs = np.linspace(0, max(num_gallery - 16, 0), max(1, min(_SAMPLE_RUNS, num_gallery // 64)))
+    cols = (runs.astype(np.int64)[:, None] + np.arange(16)).ravel()
+    return np.unique(np.minimum(cols, num_gallery - 1))
+
+
+def _sort_cost(fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cost per gallery item of sorting the items up to a threshold, whether the row is better
+    sorted whole) for thresholds at `fraction` of the row."""
+    whole = np.full(fraction.shape, _COST_COPY + _COST_SORT)
+    taken = _COST_KEEP + _COST_KEEP_PER_ITEM * fraction + _COST_SORT * fraction
+    return np.minimum(whole, taken), whole <= taken
+
+
+def _plan_rows(
+    part: np.ndarray, m: np.ndarray, n: np.ndarray, num_gallery: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many of its matches are counted by sorting (the rest by comparison passes),
+    and whether the sorted items are the whole row. Chosen by the estimated cost in element
+    operations, from the matches' estimated ranks in a sample of the row."""
+    sample = np.sort(np.ascontiguousarray(part[:, _sample_columns(num_gallery)]), axis=1)
+    before = torch.searchsorted(torch.from_numpy(sample), torch.from_numpy(m), right=True).numpy()
+    fraction = before / sample.shape[1]  # estimated share of the row up to each match
+    rows = np.arange(len(n))
+    best_cost = np.full(len(n), np.inf)
+    sorted_matches = n.copy()
+    for j in range(min(_MAX_COUNTED_BY_PASSES, m.shape[1]) + 1):  # j deepest matches by passes
+        split = n - j
+        cost, _ = _sort_cost(fraction[rows, np.maximum(split - 1, 0)])
+        cost = _COST_PASSES * j + np.where(split > 0, cost, 0.0)
+        better = (split >= 0) & (cost < best_cost)
+        best_cost[better] = cost[better]
+        sorted_matches[better] = split[better]
+    _, whole = _sort_cost(fraction[rows, np.maximum(sorted_matches - 1, 0)])
+    return sorted_matches, (sorted_matches > 0) & whole
+
+
 def _counts_before_cpu(
     d: np.ndarray,
     m_dist: np.ndarray,
     n_match: np.ndarray,
     own: np.ndarray,
     n_own: np.ndarray,
-    threads: int,
+    scratch: _Scratch,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per match: valid negatives strictly closer, and valid negatives at exactly its distance.
 
-    Items not farther than the row's hardest match are the only ones that can count, so only
-    those are sorted (numpy's SIMD sort): few are taken out with a boolean mask, many with
-    np.partition, which is cheaper than the mask once they are a sizeable part of the row. The
-    query's own identity (matches and removed same-camera items; `own` sorted per row, +inf
-    pads) is counted the same way and subtracted. Rows are independent and numpy's sort,
-    partition and comparisons release the GIL, so `threads` threads share the rows.
+    Only items not farther than a match can sit before it. A row's matches are split in two: up
+    to the split, the items not farther than the last of them are taken out (one comparison
+    pass) and sorted (numpy's SIMD sort), or, when that is most of the row (weak features), the
+    row is sorted whole; each of the few matches past the split (a trained model's stray hard
+    match deep in the ranking) is counted by two comparison passes over the row instead, which
+    is far cheaper than sorting down to it. The split comes from a cost estimate on a sample of
+    the row (`_plan_rows`); every choice gives the same exact counts. Rows are grouped by how
+    many items they sort, so each group is one padded matrix: one sort call and one batched
+    searchsorted. The query's own identity (matches and removed same-camera items; `own`
+    sorted per row, +inf pads) is counted the same way and subtracted.
     """
+    num_rows, num_gallery = d.shape
+    rows = np.flatnonzero(n_match)
     closer = np.zeros(m_dist.shape, dtype=np.int64)
     tied = np.zeros(m_dist.shape, dtype=np.int64)
-    num_gallery = d.shape[1]
+    if rows.size == 0:
+        return closer, tied
+    part = d if rows.size == num_rows else d[rows]
+    m_rows = np.ascontiguousarray(m_dist[rows])
+    n = n_match[rows]
+    split, whole = _plan_rows(part, m_rows, n, num_gallery)
+    # counts over the whole row, before the own identity is subtracted: (R, K) strictly
+    # closer and not farther
+    lt = np.zeros(m_rows.shape, dtype=np.int64)
+    le = np.zeros(m_rows.shape, dtype=np.int64)
+    for i in np.flatnonzero(split < n):  # the deep matches, by comparison passes
+        row = part[i]
+        for k in range(split[i], n[i]):
+            lt[i, k] = np.count_nonzero(row < m_rows[i, k])
+            le[i, k] = np.count_nonzero(row <= m_rows[i, k])
 
-    def count_rows(rows: np.ndarray) -> None:
-        for b in rows:
-            n = n_match[b]
-            row, m = d[b], m_dist[b, :n]
-            below = row <= m[-1]
-            count = int(np.count_nonzero(below))
-            if count * _PARTITION_FROM <= num_gallery:
-                near = np.sort(row[below])
-            else:
-                near = np.sort(np.partition(row, count - 1)[:count])
-            own_b = own[b, : n_own[b]]
-            lt = np.searchsorted(near, m, side="left") - np.searchsorted(own_b, m, side="left")
-            le = np.searchsorted(near, m, side="right") - np.searchsorted(own_b, m, side="right")
-            closer[b, :n] = lt
-            tied[b, :n] = le - lt
+    to_sort = np.flatnonzero(split > 0)
+    kept = np.full(to_sort.size, num_gallery, dtype=np.int64)
+    taken: dict[int, np.ndarray] = {}  # slot -> the row's items up to its split match
+    for slot, i in enumerate(to_sort):
+        if not whole[i]:
+            row = part[i]
+            taken[slot] = row[row <= m_rows[i, split[i] - 1]]
+            kept[slot] = taken[slot].size
 
-    rows = np.flatnonzero(n_match)
-    if threads <= 1 or rows.size < 2 * threads:
-        count_rows(rows)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(count_rows, [rows[i::threads] for i in range(threads)]))
+    def count(group: np.ndarray) -> None:
+        """`group`: slots in `to_sort` with similar kept counts; fills their lt / le."""
+        at = to_sort[group]
+        size = kept[group]
+        sort_whole = bool(whole[at[0]])
+        width = num_gallery if sort_whole else int(size.max())
+        near = scratch.buffer("near", group.size * width, d.dtype).reshape(group.size, width)
+        if sort_whole:
+            np.take(part, at, axis=0, out=near, mode="clip")  # "clip": no buffered copy
+        else:
+            near.fill(np.inf)
+            for pos, (slot, c) in enumerate(zip(group, size)):
+                near[pos, :c] = taken.pop(slot)
+        near.sort(axis=1)
+        m = torch.from_numpy(m_rows[at])
+        near_t = torch.from_numpy(near)
+        # +inf pads must not count as <= a +inf match: clip to the sizes
+        size_t = torch.from_numpy(size)[:, None]
+        below = torch.searchsorted(near_t, m).numpy()
+        upto = torch.minimum(torch.searchsorted(near_t, m, right=True), size_t).numpy()
+        sorted_part = np.arange(m_rows.shape[1])[None, :] < split[at][:, None]
+        lt[at] = np.where(sorted_part, below, lt[at])
+        le[at] = np.where(sorted_part, upto, le[at])
+
+    whole_first = np.lexsort((kept, ~whole[to_sort]))  # whole rows, then the rest by size
+    widths = np.maximum(kept[whole_first], 1)
+    groups, start = [], 0
+    while start < whole_first.size:  # at most _GROUP_ELEMENTS padded items (or one row) a group
+        kind = whole[to_sort[whole_first[start]]]
+        same = np.flatnonzero(whole[to_sort[whole_first[start:]]] != kind)
+        end = whole_first.size if same.size == 0 else start + int(same[0])
+        cost = np.arange(1, end - start + 1) * widths[start:end]
+        stop = start + max(1, int(np.searchsorted(cost, _GROUP_ELEMENTS, side="right")))
+        groups.append(whole_first[start:stop])
+        start = stop
+    for group in groups:
+        count(np.sort(group))
+
+    own_t = torch.from_numpy(np.ascontiguousarray(own[rows]))
+    m_t = torch.from_numpy(m_rows)
+    n_own_t = torch.from_numpy(n_own[rows])[:, None]
+    own_lt = torch.searchsorted(own_t, m_t).numpy()
+    own_le = torch.minimum(torch.searchsorted(own_t, m_t, right=True), n_own_t).numpy()
+    closer[rows] = lt - own_lt
+    tied[rows] = (le - own_le) - (lt - own_lt)
     return closer, tied
 
 
@@ -225,7 +349,7 @@ def _block_match_ranks(
     in_group: np.ndarray,
     is_match: np.ndarray,
     row0: int,
-    threads: int,
+    scratch: _Scratch,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of every true match for one block of queries.
 
@@ -251,7 +375,7 @@ def _block_match_ranks(
     own = np.sort(np.where(in_group, d_same, np.inf), axis=1)
     n_own = in_group.sum(axis=1)
     if d is not None:
-        closer, tied = _counts_before_cpu(d, m_dist, n_match, own, n_own, threads)
+        closer, tied = _counts_before_cpu(d, m_dist, n_match, own, n_own, scratch)
     else:
         closer, tied = _counts_before_torch(blk, m_dist, own, n_own)
     k = np.arange(gidx.shape[1])[None, :]
@@ -339,11 +463,13 @@ def _evaluate_blocks(
     curve_all = np.zeros((nq, depth))
     matched = np.zeros(nq, dtype=bool)
     rng = np.random.default_rng(seed) if cmc == "cuhk03-single-gallery-shot" else None
-    for start, blk in blocks:
+    scratch = _Scratch()
+
+    def evaluate_block(start: int, blk: torch.Tensor, u: np.ndarray | None) -> None:
         stop = start + blk.shape[0]
         group = groups.group_of(labels.q_pids[start:stop])
         gidx, in_group, is_match = groups.same_identity(group, labels.q_camids[start:stop])
-        ranks, n_match = _block_match_ranks(blk, gidx, in_group, is_match, start, threads)
+        ranks, n_match = _block_match_ranks(blk, gidx, in_group, is_match, start, scratch)
         has = n_match > 0
         matched[start:stop] = has
         k = np.arange(ranks.shape[1], dtype=np.float64)[None, :]
@@ -359,12 +485,29 @@ def _evaluate_blocks(
         ap_all[start:stop] = np.where(has, per_match.sum(axis=1) / denom, 0.0)
         hardest = r[np.arange(len(n_match)), np.maximum(n_match - 1, 0)]
         inp_all[start:stop] = np.where(has, n_match / (hardest + 1.0), 0.0)
-        if rng is not None:
-            u = rng.random((stop - start, int(cmc_repeats), groups.pids.size))
+        if u is not None:
             curve_all[start:stop] = _cuhk03_block(blk, groups, group, gidx, is_match, n_match, u, depth)
         else:
             first = np.where(has, ranks[:, 0], depth)
             curve_all[start:stop] = first[:, None] <= np.arange(depth)[None, :]
+
+    # Blocks write disjoint rows of the outputs, and their numpy / torch work releases the GIL,
+    # so `threads` threads share them; the CUHK03 draws are made here, in block order, so the
+    # result does not depend on the threads. At most 2 blocks per thread are in flight.
+    with ThreadPoolExecutor(threads, thread_name_prefix="evaluate") as pool:
+        pending: list[Future] = []
+        for start, blk in blocks:
+            u = None
+            if rng is not None:
+                u = rng.random((blk.shape[0], int(cmc_repeats), groups.pids.size))
+            if blk.device.type != "cpu" or threads == 1:
+                evaluate_block(start, blk, u)  # an accelerator works through its own queue
+                continue
+            pending.append(pool.submit(evaluate_block, start, blk, u))
+            if len(pending) >= 2 * threads:
+                pending.pop(0).result()
+        for future in pending:
+            future.result()
     n_matched = int(matched.sum())
     counted = np.ones(nq, dtype=bool) if unmatched == "zero" else matched
     n_counted = int(counted.sum())
@@ -404,12 +547,17 @@ def _available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _rows_per_block(num_gallery: int, block_rows: int | None) -> int:
+def _rows_per_block(num_query: int, num_gallery: int, block_rows: int | None) -> int:
+    """`block_rows`, or about _BLOCK_ELEMENTS items a block, in a number of blocks that the
+    cores share evenly (the blocks are the unit of work of the evaluation's threads)."""
     if block_rows is not None:
         if int(block_rows) < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         return int(block_rows)
-    return max(1, _BLOCK_ELEMENTS // max(num_gallery, 1))
+    cores = _available_cores()
+    blocks = -(-num_query * max(num_gallery, 1) // _BLOCK_ELEMENTS)
+    blocks = -(-blocks // cores) * cores
+    return max(1, -(-num_query // blocks))
 
 
 def _as_float_block(block: np.ndarray) -> torch.Tensor:
@@ -474,7 +622,7 @@ def evaluate_reid(
     if nq == 0 or ng == 0:
         raise ValueError(f"distmat is empty ({nq} queries x {ng} gallery items)")
     labels = _check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
-    blocks = _distmat_blocks(distmat, _rows_per_block(ng, block_rows))
+    blocks = _distmat_blocks(distmat, _rows_per_block(nq, ng, block_rows))
     return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, {}, threads)
 
 
@@ -551,6 +699,8 @@ def evaluate_reid_features(
     if q.shape[0] == 0 or g.shape[0] == 0:
         raise ValueError(f"no features to evaluate ({q.shape[0]} queries, {g.shape[0]} gallery items)")
     labels = _check_labels(q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids)
-    blocks = _feature_distance_blocks(q, g, metric, _rows_per_block(g.shape[0], block_rows))
+    blocks = _feature_distance_blocks(
+        q, g, metric, _rows_per_block(q.shape[0], g.shape[0], block_rows)
+    )
     extra = {"distance": f"{metric} (float64)", "device": dev.type}
     return _evaluate_blocks(blocks, labels, max_rank, ap, cmc, cmc_repeats, seed, unmatched, extra, threads)
