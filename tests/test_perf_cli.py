@@ -106,3 +106,25 @@ def test_exit_code_flags_an_inexact_evaluation(monkeypatch, capsys):
     monkeypatch.setattr(perf, "perf_table", lambda scales, seed: [row])
     assert perf.run_perf(argparse.Namespace(json=True, scale=["small"], seed=0)) == 1
     assert json.loads(capsys.readouterr().out)["exact"] is False
+
+
+def test_gpu_rows_run_their_jobs_on_any_device(monkeypatch):
+    """The GPU rows' jobs, run here on the CPU: the features path agrees with the CPU path to
+    1e-6 and the pseudo labels are identical; without CUDA the table has no GPU rows."""
+    from benchmark.evaluation import perf_gpu
+
+    monkeypatch.setattr(perf_gpu, "_in_fresh_process", _in_this_process)
+    monkeypatch.setattr(perf_gpu, "FEATURE_DIM", 64)
+    rows = perf_gpu.gpu_rows(seed=0, device="cpu", scale_name="small")
+    assert [r["task"] for r in rows] == ["evaluation from features"] * 2 + ["pseudo-labels (total)"]
+    assert rows[1]["max_metric_diff"] <= 1e-6 and rows[2]["max_metric_diff"] == 0.0
+    assert rows[2]["target_met"] is True and rows[0]["ours_seconds"] > 0
+    # the features path gives the numbers of the distance-matrix path on the same features
+    scale = perf.SCALES["small"]
+    qf, gf, *labels = perf.synthetic_features(scale, 0, dim=64)
+    dist = 1.0 - qf.astype(np.float64) @ gf.astype(np.float64).T
+    expected = evaluate_reid_classic(dist, *labels)
+    job = perf_gpu.job_features_evaluation("small", 0, "cpu", 1.0)
+    assert abs(job["metrics"]["mAP"] - expected["mAP"]) < 1e-9
+    if not __import__("torch").cuda.is_available():
+        assert perf_gpu.gpu_rows(seed=0) == []

@@ -136,16 +136,20 @@ def synthetic_distmat(
     return out
 
 
-def synthetic_features(scale: Scale, seed: int, fraction: float = 1.0) -> tuple[np.ndarray, ...]:
-    """(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids) for the first `fraction` of each."""
+def synthetic_features(
+    scale: Scale, seed: int, fraction: float = 1.0, dim: int | None = None
+) -> tuple[np.ndarray, ...]:
+    """(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids) for the first `fraction` of each;
+    `dim` overrides the scale's feature dimension (2048 for a ResNet-50's features)."""
     q_pids, g_pids, q_camids, g_camids = synthetic_labels(scale, seed)
+    dim = scale.feat_dim if dim is None else int(dim)
     rng = np.random.default_rng([seed, 2])
-    centres = rng.standard_normal((scale.num_ids + 1, scale.feat_dim))
-    cam_shift = 0.5 * rng.standard_normal((scale.num_cameras, scale.feat_dim))
+    centres = rng.standard_normal((scale.num_ids + 1, dim))
+    cam_shift = 0.5 * rng.standard_normal((scale.num_cameras, dim))
 
     def make(pids: np.ndarray, cams: np.ndarray) -> np.ndarray:
-        x = centres[pids] + cam_shift[cams] + 0.9 * rng.standard_normal((pids.size, scale.feat_dim))
-        x[pids == 0] = rng.standard_normal((int((pids == 0).sum()), scale.feat_dim)) * 1.2
+        x = centres[pids] + cam_shift[cams] + 0.9 * rng.standard_normal((pids.size, dim))
+        x[pids == 0] = rng.standard_normal((int((pids == 0).sum()), dim)) * 1.2
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     qf, gf = make(q_pids, q_camids), make(g_pids, g_camids)
@@ -402,6 +406,10 @@ def perf_table(scales: list[str], seed: int) -> list[Row]:
                 rows += _evaluation_rows(scale, seed, regime)
             rows += _rerank_rows(scale, seed, Path(tmp))
             rows += _pseudo_labelling_rows(name, seed)
+        if "msmt17" in scales:
+            from benchmark.evaluation.perf_gpu import gpu_rows  # imports perf: not at the top
+
+            rows += [Row(**row) for row in gpu_rows(seed)]
     return rows
 
 
@@ -467,11 +475,18 @@ def run_perf(args: argparse.Namespace) -> int:
         not r.task.startswith("pseudo") or r.max_metric_diff is None or r.max_metric_diff <= 1e-3
         for r in rows
     )
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    env["gpu"] = gpu
     if args.json:
         report = {"seed": int(args.seed), "machine": env, "rows": [asdict(r) for r in rows], "exact": exact}
         print(json.dumps(report))
     else:
         print(format_table(rows))
+        if gpu is None and "msmt17" in scales:
+            print("GPU rows (evaluation from features, pseudo labels on CUDA): no CUDA device "
+                  "here, so their targets stay open")
         print(
             f"machine: {env['cpus']} CPUs, 1-min load average {env['load_average_1min'][0]:.1f} at start "
             f"and {env['load_average_1min'][1]:.1f} at end (wall seconds include other processes; "
