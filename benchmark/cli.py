@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from benchmark import __version__
+from benchmark.engine.profiles import PROFILES  # light: no torch
 
 
 def _cmd_datasets_list(args: argparse.Namespace) -> int:
@@ -559,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="registered key (see `methods list`) or package.module:Class")
     p.add_argument("--dataset", help="dataset key (see `datasets list`)")
     p.add_argument("--seed", type=int, default=0, help="the one seed of every RNG (default 0)")
-    p.add_argument("--profile", choices=["paper", "quick", "ci"], default="quick")
+    p.add_argument("--profile", choices=list(PROFILES), default="quick")
     p.add_argument("--all", action="store_true",
                    help="every applicable (method, dataset) pair on the datasets present")
     p.add_argument("--seeds", help="with --all: comma-separated seeds, e.g. 0,1,2 (default: --seed)")
@@ -601,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--method", required=True, help="registered key or package.module:Class")
     p.add_argument("--dataset", required=True, help="dataset key (see `datasets list`)")
-    p.add_argument("--profile", choices=["paper", "quick", "ci"], default="quick")
+    p.add_argument("--profile", choices=list(PROFILES), default="quick")
     p.add_argument("--trials", type=int, required=True,
                    help="trials in the study, counted over every worker (a retried trial once)")
     p.add_argument("--jobs", type=int, default=1, help="local worker processes (default 1)")
@@ -658,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registered key (see `methods list`) or package.module:Class")
     p.add_argument("--dataset", help="dataset key (default: the embedded dataset of each task the "
                    "method supports)")
-    p.add_argument("--profile", choices=["paper", "quick", "ci"], default="ci")
+    p.add_argument("--profile", choices=list(PROFILES), default="ci")
     p.add_argument("--mode", choices=["plain", "validation", "sweep", "all"], default="all",
                    help="plain: the last epoch's model; validation: model selection on a carved "
                    "hold-out; sweep: a sweep trial (default: all three)")
@@ -703,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default ./leaderboards/out)")
     p.add_argument("--format", default="md,csv,tex,html",
                    help="comma-separated formats among md, csv, tex, html (default: all)")
-    p.add_argument("--profile", choices=["paper", "quick", "ci"],
+    p.add_argument("--profile", choices=list(PROFILES),
                    help="only this profile's records (default: every profile, one table each)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.set_defaults(func=_cmd_leaderboard)

@@ -202,3 +202,27 @@ def test_sweep_takes_every_seed_run_takes(tmp_path, capsys):
                "--seed", "4294968", "--params", _json(tmp_path, {"epochs": 1, "steps": 1,
                                                                  "batch": 8})])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_every_profile_option_offers_exactly_the_registered_profiles(monkeypatch):
+    """The CLI's --profile choices come from PROFILES: a profile added there is offered by every
+    command that takes one, and nothing else is."""
+    import argparse
+
+    import benchmark.cli as cli
+    from benchmark.engine.profiles import PROFILES
+
+    def profile_choices(parser: argparse.ArgumentParser) -> list[list[str]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found += profile_choices(sub)
+            elif "--profile" in action.option_strings:
+                found.append(list(action.choices))
+        return found
+
+    choices = profile_choices(cli.build_parser())
+    assert len(choices) >= 4 and all(c == list(PROFILES) for c in choices)
+    monkeypatch.setattr(cli, "PROFILES", {**PROFILES, "extra": PROFILES["ci"]})
+    assert all("extra" in c for c in profile_choices(cli.build_parser()))
