@@ -365,6 +365,10 @@ def _rerank_rows(scale: Scale, seed: int, workdir: Path) -> list[Row]:
         target, met = "", None
         if scale.name == "market":
             target, met = f"< {MARKET_RERANK_GIB:g} GiB peak", ours_full["peak_gib"] < MARKET_RERANK_GIB
+        elif scale.name == "msmt17":
+            target = f"<= {MSMT_RERANK_SECONDS:g} s and <= {MSMT_RERANK_GIB:g} GiB peak"
+            met = (ours_full["seconds"] <= MSMT_RERANK_SECONDS
+                   and ours_full["peak_gib"] <= MSMT_RERANK_GIB)
         rows.append(
             Row("re-ranking", scale.name, "(ours alone, full size)", full, "", ours_full["seconds"],
                 None, None, ours_full["peak_gib"], None, None, ours_cpu_seconds=ours_full["cpu_seconds"],

@@ -7,8 +7,9 @@ on the positions of the true matches in each query's ranking, and the position o
 number of valid gallery items ranked before it. Per query:
 
 1. its same-identity gallery items come from the identity groups (no scan of the row);
-2. one comparison pass counts the items not farther than its hardest true match: only these can
-   sit in front of any match. For a trained model the matches are near the top, so these are few;
+2. only items not farther than a match can sit in front of it: one comparison pass takes out
+   the items not farther than the last match counted by sorting (the hardest one, unless step
+   3 counts it by passes). For a trained model the matches are near the top, so these are few;
 3. only those items are sorted (numpy's SIMD sort; taken out by a boolean mask, or the row
    sorted whole when they are most of it, as with an untrained network's features), and a
    batched searchsorted of the match distances into them gives, per match, the items strictly
@@ -306,17 +307,14 @@ def _counts_before_cpu(
 
     whole_first = np.lexsort((kept, ~whole[to_sort]))  # whole rows, then the rest by size
     widths = np.maximum(kept[whole_first], 1)
-    groups, start = [], 0
-    while start < whole_first.size:  # at most _GROUP_ELEMENTS padded items (or one row) a group
-        kind = whole[to_sort[whole_first[start]]]
-        same = np.flatnonzero(whole[to_sort[whole_first[start:]]] != kind)
-        end = whole_first.size if same.size == 0 else start + int(same[0])
-        cost = np.arange(1, end - start + 1) * widths[start:end]
-        stop = start + max(1, int(np.searchsorted(cost, _GROUP_ELEMENTS, side="right")))
-        groups.append(whole_first[start:stop])
-        start = stop
-    for group in groups:
-        count(np.sort(group))
+    num_whole = int(np.count_nonzero(whole[to_sort]))
+    for lo, hi in ((0, num_whole), (num_whole, whole_first.size)):  # a group never mixes them
+        start = lo
+        while start < hi:  # at most _GROUP_ELEMENTS padded items (or one row) a group
+            cost = np.arange(1, hi - start + 1) * widths[start:hi]
+            stop = start + max(1, int(np.searchsorted(cost, _GROUP_ELEMENTS, side="right")))
+            count(np.sort(whole_first[start:stop]))
+            start = stop
 
     own_t = torch.from_numpy(np.ascontiguousarray(own[rows]))
     m_t = torch.from_numpy(m_rows)
