@@ -199,18 +199,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.data.errors import DatasetError
     from benchmark.engine.contract import ConfigError
     from benchmark.engine.records import FINISHED, RecordError, cell_dir, jsonable, record_path
+    from benchmark.engine.slurm import SlurmError
 
     out = Path(args.out)
     tracking = not args.no_tracking
     try:
         if args.replay_tracking:
             return _replay(args, out)
+        if args.status:
+            if not args.all:
+                raise ValueError("--status goes with --all: `run --all --status --out DIR`")
+            return _run_status(args, out)
+        options = _slurm_options(args)
         if args.all:
             if args.method or args.dataset or args.params:
                 raise ValueError("--all runs every applicable pair: use --methods / --datasets "
                                  "to narrow it (not --method / --dataset / --params)")
             seeds = _seed_list(args.seeds) if args.seeds is not None else [args.seed]
+            if options is not None:
+                return _run_all_slurm(args, out, seeds, tracking, options)
             return _run_all(args, out, seeds, tracking)
+        if options is not None:
+            raise ValueError("--launcher slurm goes with --all (or `sweep`); a single cell runs "
+                             "here")
         if not args.method or not args.dataset:
             raise ValueError("give --method and --dataset (or --all, or --replay-tracking)")
         params = _read_params(args.params) if args.params else None
@@ -228,7 +239,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _print_cell(record, record_path(cell_dir(
                 out, record["dataset"], record["method"], record["profile"], record["seed"])))
         return 0 if record["status"] == FINISHED else 1
-    except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError) as exc:
+    except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError,
+            SlurmError) as exc:
         print(f"run: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the results folder failed under us (e.g. the disk is full)
@@ -274,6 +286,131 @@ def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bo
         print(f"\nsummary ({args.profile} profile; metrics in %; records under {out}):")
         print(table.to_string(index=False, na_rep=""))
     return 0 if all(r["status"] == "finished" for r in records) else 1
+
+
+_SLURM_ONLY = ("partition", "gpus_per_cell", "cpus_per_cell", "mem", "time", "max_parallel",
+               "slurm_extra", "max_requeue", "no_wait")
+
+
+def _slurm_options(args: argparse.Namespace):  # -> SlurmOptions | None
+    """The Slurm options of `--launcher slurm` (None for local; a Slurm option without it is an
+    error rather than silently ignored)."""
+    given = [name for name in _SLURM_ONLY if getattr(args, name, None) not in (None, False, [])]
+    if args.launcher != "slurm":
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{flags}: only with --launcher slurm")
+        return None
+    from benchmark.engine.slurm import (
+        DEFAULT_MAX_REQUEUE,
+        DEFAULT_TIME_MIN,
+        SlurmOptions,
+        parse_extra,
+        parse_time,
+    )
+
+    for name in ("gpus_per_cell", "cpus_per_cell", "max_parallel", "max_requeue"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("gpus_per_cell", "max_requeue") else 1):
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be at least "
+                             f"{0 if name in ('gpus_per_cell', 'max_requeue') else 1}")
+    return SlurmOptions(
+        partition=args.partition, gpus_per_cell=args.gpus_per_cell,
+        cpus_per_cell=args.cpus_per_cell, mem=args.mem,
+        time_min=parse_time(args.time) if args.time else DEFAULT_TIME_MIN,
+        max_parallel=args.max_parallel, extra=parse_extra(args.slurm_extra),
+        max_requeue=DEFAULT_MAX_REQUEUE if args.max_requeue is None else args.max_requeue,
+    )
+
+
+def _run_all_slurm(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bool,
+                   options) -> int:
+    from benchmark.engine.records import check_writable, jsonable
+    from benchmark.engine.runner import INIT_CHOICES, applicable_cells, summary_table
+    from benchmark.engine.slurm_cells import run_all_slurm
+
+    if args.jobs != 1:
+        raise ValueError("--jobs is for the local launcher; on Slurm every cell is its own job "
+                         "(--max-parallel caps how many run at once)")
+    if args.weights is not None and not Path(args.weights).expanduser().is_file():
+        raise FileNotFoundError(f"--weights {args.weights}: no such file")
+    if args.init not in INIT_CHOICES:
+        raise ValueError(f"--init must be one of {', '.join(INIT_CHOICES)}")
+    cells = applicable_cells(seeds, methods=_names(args.methods), datasets=_names(args.datasets),
+                             root=args.root)
+    check_writable(out)
+    with _stdout_reserved(args.json) as stdout:
+        result = run_all_slurm(
+            cells, args.profile, out, options, device=args.device,
+            tracking_uri=args.tracking_uri, tracking=tracking, weights=args.weights,
+            root=args.root, force=args.force, init=args.init, wait=not args.no_wait,
+            poll_s=float(os.environ.get("BENCHMARK_SLURM_POLL_S", "10")),
+        )
+        if args.json:
+            stdout.write(json.dumps(jsonable(result)) + "\n")
+    if args.json:
+        records = result.get("records")
+        return 0 if records is None or all(r["status"] == "finished" for r in records) else 1
+    for kind, what in (("submitted", "submitted"), ("queued", "already in the queue")):
+        if result[kind]:
+            ids = ", ".join(f"{x['cell']} (job {x['job_id']})" for x in result[kind])
+            print(f"{what}: {ids}")
+    if "records" not in result:
+        print(f"{len(result['skipped'])} finished cell(s) skipped; `python -m benchmark run --all "
+              f"--status --out {out}` shows the states")
+        return 0
+    table = summary_table(result["records"])
+    print(f"\nsummary ({args.profile} profile, on Slurm; metrics in %; records under {out}):")
+    print(table.to_string(index=False, na_rep=""))
+    return 0 if all(r["status"] == "finished" for r in result["records"]) else 1
+
+
+def _run_status(args: argparse.Namespace, out: Path) -> int:
+    from benchmark.engine.slurm_cells import cell_status
+
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: no such results folder")
+    rows = cell_status(out)
+    if args.json:
+        print(json.dumps({"cells": rows}))
+        return 0
+    if not rows:
+        print(f"no cells under {out}")
+        return 0
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["dataset", "method", "profile", "seed", "state", "job_id",
+                                        "slurm_state", "node", "note"]).fillna("")
+    print(frame.to_string(index=False))
+    counts = frame["state"].value_counts()
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def _add_slurm_options(p: argparse.ArgumentParser, unit: str) -> None:
+    """The options of `--launcher slurm`, shared by `run --all` and `sweep`."""
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help=f"where each {unit} runs: here (default), or as a Slurm job through "
+                   "submitit")
+    p.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    p.add_argument("--gpus-per-cell", type=int, help=f"GPUs per {unit} job (default: none)")
+    p.add_argument("--cpus-per-cell", type=int,
+                   help=f"CPUs per {unit} job (default: the cluster's, usually 1)")
+    p.add_argument("--mem", help=f"memory per {unit} job in Slurm's syntax, e.g. 32G (default: "
+                   "the cluster's)")
+    p.add_argument("--time", help=f"time limit per {unit} job: minutes or [D-]HH:MM:SS (default "
+                   "24 h); a job that reaches it is requeued and resumes")
+    p.add_argument("--max-parallel", type=int,
+                   help="the array throttle: at most this many jobs run at once")
+    p.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE",
+                   help="one more sbatch option, e.g. account=myproj or constraint=a100 "
+                   "(repeatable)")
+    p.add_argument("--max-requeue", type=int,
+                   help="times a job is requeued after a time limit or preemption before its "
+                   f"{unit} counts as failed (default 3)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="submit and return at once (default: wait, with a progress bar, then "
+                   "print the summary)")
 
 
 def _replay(args: argparse.Namespace, out: Path) -> int:
@@ -442,17 +579,35 @@ def _check_claims(args: argparse.Namespace, cells: list, records: list) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark.data.errors import DatasetError
     from benchmark.engine.contract import ConfigError
-    from benchmark.tuning.study import spec_from, sweep
+    from benchmark.engine.slurm import SlurmError
+    from benchmark.tuning.study import spec_from, sweep, sweep_on_slurm
 
     try:
+        options = _slurm_options(args)
+        if options is None and args.workers is not None:
+            raise ValueError("--workers is for --launcher slurm; here, --jobs starts local "
+                             "worker processes")
         params = _read_params(args.params) if args.params else None
         spec = spec_from(args, params)
-        summary = sweep(spec, jobs=args.jobs)
-    except (ValueError, ConfigError, DatasetError, FileNotFoundError) as exc:
+        if options is not None:
+            if args.jobs != 1:
+                raise ValueError("--jobs is for the local launcher; on Slurm give --workers K")
+            summary = sweep_on_slurm(spec, args.workers or 1, options, wait=not args.no_wait,
+                                     poll_s=float(os.environ.get("BENCHMARK_SLURM_POLL_S", "10")))
+        else:
+            summary = sweep(spec, jobs=args.jobs)
+    except (ValueError, ConfigError, DatasetError, FileNotFoundError, SlurmError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary))
+        if "trials" not in summary:
+            return 0
+    elif "trials" not in summary:  # --no-wait
+        print(f"study {summary['study']} ({summary['storage']}): worker jobs "
+              f"{', '.join(summary['jobs'])} submitted; the same command without --no-wait "
+              "(or with --trials unchanged on any machine) writes the outputs")
+        return 0
     else:
         counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
         print(f"study {summary['study']} ({summary['storage']}): {counts}")
@@ -587,6 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON or TOML file of config overrides (single runs)")
     p.add_argument("--root", help=root_help)
     p.add_argument("--force", action="store_true", help="re-run finished cells from scratch")
+    p.add_argument("--status", action="store_true",
+                   help="with --all: each cell under --out (records and Slurm jobs) as pending, "
+                   "running, finished or failed, with its Slurm job id and node, then exit")
+    _add_slurm_options(p, "cell")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -643,6 +802,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
     p.add_argument("--root", help=root_help)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_slurm_options(p, "worker")
+    p.add_argument("--workers", type=int,
+                   help="with --launcher slurm: worker jobs on the study (default 1); the study "
+                   "needs a shared --storage (PostgreSQL)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(

@@ -306,3 +306,15 @@ class CategoricalProbe(TunableProbe):
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {"k": trial.suggest_categorical("k", [3, 5, 8])}
+
+
+class SlowProbe(ProbeMethod):
+    """ProbeMethod that rests after each of its four epochs, so that a test can stop it mid-run
+    (a Slurm cancel or requeue) between two epoch checkpoints.
+
+    Deviations:
+    - not a published method: a probe of launchers
+    """
+
+    key = "slow-probe"
+    defaults: ClassVar[dict[str, Any]] = {**ProbeMethod.defaults, "epochs": 4, "sleep": 2.5}

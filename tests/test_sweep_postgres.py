@@ -7,62 +7,17 @@ and retried once; at the end no trial is RUNNING or WAITING, and none is lost.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from services import postgres_url  # noqa: F401  (a fixture)
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("initdb")
-    candidates = ([found] if found else []) + sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).resolve().parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL server (initdb, pg_ctl) not installed; .ci/run installs Debian's "
-                    "postgresql package")
-    base = Path(tempfile.mkdtemp(prefix="benchmark-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(base, "postgres")
-        base.chmod(0o755)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
-
-    def pg_run(*args: str) -> None:
-        subprocess.run(as_user + [str(pg / args[0]), *args[1:]], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
-
-    pg_run("initdb", "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8")
-    pg_run("pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "-o",
-           f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start")
-    try:
-        yield f"postgresql://bench@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(as_user + [str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _worker(url: str, out: Path, params: Path, index: int, log: Path,

@@ -215,3 +215,25 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(index)
         env["gpu_capability"] = list(torch.cuda.get_device_capability(index))
     return env
+
+
+def launch_facts() -> dict[str, Any]:
+    """Where this process runs, for the record: the launcher, and under Slurm the job id (as squeue
+    and submitit name it), node, partition, GPUs and how often the job was requeued."""
+    env = os.environ
+    gpus = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or env.get("CUDA_VISIBLE_DEVICES")
+    if not env.get("SLURM_JOB_ID"):
+        return {"launcher": "local", "node": platform.node(), "gpus": gpus}
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env["SLURM_JOB_ID"]
+    return {
+        "launcher": "slurm",
+        "job_id": job_id,
+        "slurm_job_id": env["SLURM_JOB_ID"],
+        "node": env.get("SLURMD_NODENAME") or platform.node(),
+        "partition": env.get("SLURM_JOB_PARTITION"),
+        "gpus": gpus,
+        "cpus": env.get("SLURM_CPUS_PER_TASK") or env.get("SLURM_CPUS_ON_NODE"),
+        "restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+        "cluster": env.get("SLURM_CLUSTER_NAME"),
+    }

@@ -57,6 +57,7 @@ from benchmark.engine.records import (
     check_writable,
     environment,
     jsonable,
+    launch_facts,
     now,
     read_record,
     record_path,
@@ -455,9 +456,7 @@ def run_cell(
     uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
     path = record_path(cell)
     if force:
-        shutil.rmtree(cell / CHECKPOINTS, ignore_errors=True)
-        path.unlink(missing_ok=True)
-        (cell / PENDING_NAME).unlink(missing_ok=True)
+        forget_cell(cell)
     elif path.is_file():
         existing = read_record(path)
         if existing.get("status") == FINISHED:
@@ -495,6 +494,7 @@ def run_cell(
             "paper_run": paper_run_facts(cls, dataset, config),
             "seeding": seeding,
             "environment": environment(dev),
+            "launch": launch_facts(),  # local, or the Slurm job, node and GPUs it ran on
             "started_at": started,
         }
         audit_modes = [selection_mode(config) if selection_mode(config) == "validation" else "plain"]
@@ -569,6 +569,14 @@ def run_cell(
         if uri and log_now:
             log_cell(record, cell, uri, out)
         return record
+
+
+def forget_cell(cell: Path) -> None:
+    """What `--force` discards before a cell runs again from scratch: its record, checkpoints and
+    pending-tracking marker."""
+    shutil.rmtree(cell / CHECKPOINTS, ignore_errors=True)
+    record_path(cell).unlink(missing_ok=True)
+    (cell / PENDING_NAME).unlink(missing_ok=True)
 
 
 def profile_init(cls: type[MethodAdapter], profile: Profile, weights: Path | None,
@@ -702,7 +710,7 @@ def run_all(
                 init=init,
             )
         except Exception as exc:
-            record = _failed_setup_record(method, dataset, seed, profile, exc)
+            record = failed_setup_record(method, dataset, seed, profile, exc)
             write_record(record_path(cell), record)
         records.append({"skipped": False, **record})
     bar.close()
@@ -748,7 +756,7 @@ def _run_parallel(
             try:
                 record = future.result()
             except Exception as exc:  # bad input, or the worker process died
-                record = _failed_setup_record(method, dataset, seed, profile, exc)
+                record = failed_setup_record(method, dataset, seed, profile, exc)
                 write_record(record_path(cell), record)
             else:
                 if uri and (cell / PENDING_NAME).is_file():  # new, or cut off earlier
@@ -763,14 +771,19 @@ def _run_parallel(
     return [done[c] for c in cells]
 
 
-def _failed_setup_record(
-    method: str, dataset: str, seed: int, profile: str, exc: Exception
+def failed_setup_record(
+    method: str, dataset: str, seed: int, profile: str, exc: Exception,
+    launch: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The record of a cell that failed outside `run_cell` (bad input, a worker process or Slurm job
+    that died): called where `exc` is handled, so the traceback is the one that ended it."""
+    tb = traceback.format_exc()
     return {
         "schema": SCHEMA_VERSION, "record_id": uuid.uuid4().hex, "method": method,
         "dataset": dataset, "seed": seed, "profile": profile, "status": FAILED,
         "error": {"type": type(exc).__name__, "message": str(exc),
-                  "traceback": traceback.format_exc()},
+                  "traceback": "" if tb.startswith("NoneType: None") else tb},
+        "launch": dict(launch) if launch is not None else launch_facts(),
         "finished_at": now(), "tracking": {"status": "disabled", "uri": None, "run_id": None},
     }
 

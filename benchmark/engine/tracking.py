@@ -18,6 +18,7 @@ machine but what goes to the tracking server the user named.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,12 @@ def record_tags(record: Mapping[str, Any]) -> dict[str, str]:
         tags["isolation"] = "audited" if isolation.get("audited") else "not audited"
         if isolation.get("commit"):
             tags["isolation.commit"] = str(isolation["commit"])
+    launch = record.get("launch") or {}
+    if launch.get("launcher"):  # where it ran: local, or which Slurm job on which node
+        tags["launcher"] = str(launch["launcher"])
+        for key in ("job_id", "node"):
+            if launch.get(key):
+                tags[f"launch.{key}"] = str(launch[key])
     return tags
 
 
@@ -240,6 +248,35 @@ def _log_once(record: dict[str, Any], cell: Path, uri: str, out: Path) -> tuple[
     return run_id, experiment_id
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writers of one SQLite store: Slurm jobs on several nodes, or local processes.
+
+    SQLite's own locking is unreliable on network filesystems, and two processes creating the store
+    at once race in its schema migration. A POSIX record lock (`lockf`, which NFS v4 and Lustre
+    honour) on `<db>.lock` beside the store lets one writer in at a time. A tracking server needs
+    none: it serialises its writers itself."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def log_cell(
     record: dict[str, Any],
     cell: Path,
@@ -261,7 +298,8 @@ def log_cell(
     error = ""
     for attempt in range(1, attempts + 1):
         try:
-            run_id, experiment_id = _log_once(record, cell, uri, out)
+            with store_lock(uri):
+                run_id, experiment_id = _log_once(record, cell, uri, out)
         except Exception as exc:  # any store / network / server failure
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
             if attempt < attempts:

@@ -50,6 +50,7 @@ from benchmark.engine.records import jsonable, write_record
 from benchmark.engine.runner import TUNED_ON_KEY, resolve_device
 from benchmark.engine.seeding import SEED_LIMIT, check_seed
 from benchmark.engine.selection import validation_metric
+from benchmark.engine.slurm import RequeueCapped, SlurmOptions, executor, require_slurm, wait_for
 from benchmark.engine.tracking import is_remote_uri, resolve_tracking_uri
 from benchmark.tuning.objective import Pruned, run_trial
 from benchmark.tuning.tracking import TRIAL_ATTR, SweepTracker
@@ -440,12 +441,65 @@ def sweep(spec: SweepSpec, jobs: int = 1) -> dict[str, Any]:
         codes = [w.exitcode for w in workers]
         if any(codes):
             print(f"warning: sweep workers exited with {codes}", file=sys.stderr)
+    return _finish(spec, study, tracker, parent, metric)
+
+
+def _finish(spec: SweepSpec, study: optuna.Study, tracker: SweepTracker, parent: Any,
+            metric: str) -> dict[str, Any]:
     summary = write_outputs(spec, study)
     if summary["best"]:
         tracker.metric(parent, f"best_validation_{metric}", float(summary["best"]["value"]))
     for state, count in summary["trials"].items():
         tracker.metric(parent, f"trials_{state.lower()}", float(count))
     tracker.end(parent, "COMPLETE" if summary["best"] else "FAIL")  # this command's part is done
+    return summary
+
+
+class SweepWorkerJob(RequeueCapped):
+    """One sweep worker as a Slurm job. A requeued worker simply joins the study again: the trial
+    it was running stops sending heartbeats and is failed and retried by the usual rule."""
+
+    def __init__(self, spec: SweepSpec, index: int, max_requeue: int) -> None:
+        self.spec, self.index, self.max_requeue = spec, index, max_requeue
+
+    def __call__(self) -> int:
+        work(self.spec, self.index)
+        return self.index
+
+
+def sweep_on_slurm(spec: SweepSpec, workers: int, options: SlurmOptions, *, wait: bool = True,
+                   poll_s: float = 10.0) -> dict[str, Any]:
+    """Start `workers` worker jobs on one study; with `wait`, write the outputs once all have
+    ended (as `sweep` does), else return the job ids at once."""
+    if spec.trials < 1 or workers < 1:
+        raise ValueError("--trials and --workers must be at least 1")
+    if spec.storage_url.startswith("sqlite"):
+        raise ValueError("--launcher slurm needs a shared --storage, e.g. postgresql://user@host/db: "
+                         "every worker job opens the study from its own node, and SQLite on a "
+                         "network filesystem does not lock reliably")
+    require_slurm()
+    check_seed(spec.seed)
+    check_study_name(spec.name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cls, split = _prepare(spec)
+    metric = validation_metric(split)
+    study = open_study(spec, metric, spec.worker_index)
+    tracker = _tracker(spec)
+    parent = tracker.parent(study, _description(spec, metric, split))
+    del cls, split
+    ex = executor(spec.folder / "slurm", options, job_name=f"sweep-{spec.name}")
+    first = spec.worker_index * workers
+    with ex.batch():
+        jobs = [ex.submit(SweepWorkerJob(spec, first + i, options.max_requeue))
+                for i in range(workers)]
+    job_ids = [str(job.job_id) for job in jobs]
+    if not wait:
+        return {"study": spec.name, "storage": public_url(spec.storage_url), "jobs": job_ids}
+    ended: dict[str, str] = {}
+    wait_for(job_ids, lambda job_id, entry: ended.update({job_id: entry.state if entry else "ended"}),
+             poll_s=poll_s)
+    summary = _finish(spec, study, tracker, parent, metric)
+    summary["jobs"] = job_ids
     return summary
 
 
