@@ -249,6 +249,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_cell(record: dict, record_file: Path) -> None:
+    from benchmark.metrics import TABLE_ORDER, TASKS, percent
+
     where = f"{record['method']} on {record['dataset']} ({record['profile']}, seed {record['seed']})"
     if record["status"] != "finished":
         print(f"{where}: FAILED: {record['error']['type']}: {record['error']['message']} "
@@ -256,7 +258,7 @@ def _print_cell(record: dict, record_file: Path) -> None:
         return
     metrics = record.get("metrics") or {}
     shown = "  ".join(
-        f"{k} {100 * metrics[k]:.1f}" for k in ("mAP", "R1", "R5", "R10", "mINP", "ACC", "NMI", "ARI")
+        f"{k} {percent(metrics[k])}" for task in TASKS for k in TABLE_ORDER[task]
         if metrics.get(k) is not None
     )
     note = " [synthetic data]" if (record.get("dataset_facts") or {}).get("synthetic") else ""
@@ -605,8 +607,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             return 0
     elif "trials" not in summary:  # --no-wait
         print(f"study {summary['study']} ({summary['storage']}): worker jobs "
-              f"{', '.join(summary['jobs'])} submitted; the same command without --no-wait "
-              "(or with --trials unchanged on any machine) writes the outputs")
+              f"{', '.join(summary['jobs'])} submitted; once they end, the same command "
+              "without the Slurm options writes the outputs (joining the study as one more "
+              "worker if trials remain)")
         return 0
     else:
         counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())

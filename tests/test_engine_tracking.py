@@ -131,10 +131,20 @@ def test_replay_does_not_duplicate_a_half_logged_run(suite):
     assert after[0].data.tags["benchmark.record_id"] == record["record_id"]
 
 
-def test_parallel_cells_give_the_same_numbers_and_are_all_logged(suite, tmp_path):
+def test_parallel_cells_give_the_same_numbers_and_are_all_logged(suite, tmp_path, monkeypatch):
+    from tqdm import tqdm
+
+    printed: list[str] = []  # what the parent printed above its progress bar
+    monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, line, file=None, end="\n",
+                                                   nolock=False: printed.append(line)))
     out, sequential = suite
     parallel = run_all([0, 1], "ci", tmp_path, methods=[PROBE], datasets=["digits"],
                        progress=False, jobs=2)
+    # the workers' epoch lines reached the parent, which wrote them above the bar
+    for seed in (0, 1):
+        mine = [line for line in printed if line.startswith(f"[engine-probe digits ci seed{seed}] ")]
+        assert [line.split("]")[1].split(":")[0].strip() for line in mine[:2]] == \
+            ["epoch 0", "epoch 1"], printed
     assert [r["status"] for r in parallel] == [FINISHED, FINISHED]
     assert [r["seed"] for r in parallel] == [r["seed"] for r in sequential]  # cell order kept
     assert [r["metrics"] for r in parallel] == [r["metrics"] for r in sequential]

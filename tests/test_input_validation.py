@@ -111,6 +111,10 @@ def test_a_bad_method_module_is_named_with_exit_2(tmp_path, capsys, monkeypatch,
      "dataset_defaults['market1501'] sets epoch,"),
     ("profile_overrides = {'quik': {'lr': 0.1}}", "profile_overrides key 'quik' names no profile"),
     ("bounds = {'marginn': Bound(low=0)}", "bounds name marginn"),
+    ("dataset_defaults = {'market-1501': {'epochs': 3}}",
+     "dataset_defaults key 'market-1501' names no dataset with a protocol card"),
+    ("profile_overrides = {'quick:digit': {'lr': 0.1}}",
+     "profile_overrides key 'quick:digit' names no dataset with a protocol card"),
 ])
 def test_an_override_of_a_parameter_that_does_not_exist_is_refused(tmp_path, capsys, monkeypatch,
                                                                    attribute, message):

@@ -25,11 +25,12 @@ from torch import nn
 from benchmark.data.errors import DatasetFileError
 from benchmark.data.types import ClusteringDataset, Dataset, ReidDataset
 from benchmark.data.unlabeled import UnlabeledView
+from benchmark import metrics as metric_names
 from benchmark.engine.profiles import Profile
 
 
-REID_METRICS = ("mAP", "mINP", "R1", "R5", "R10", "cmc")
-CLUSTERING_METRICS = ("ACC", "NMI", "ARI")
+REID_METRICS = (*metric_names.BY_TASK["reid"], "cmc")  # the scalars, and the whole CMC curve
+CLUSTERING_METRICS = metric_names.BY_TASK["clustering"]
 
 
 class PathImages(Sequence):

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import re
 
+from benchmark.data.cards import all_cards
 from benchmark.engine.contract import TASKS, MethodAdapter
 from benchmark.engine.profiles import PROFILES
 
@@ -58,6 +59,15 @@ def _check_override_tables(cls: type[MethodAdapter], name: str) -> None:
         if where.partition(":")[0] not in PROFILES:
             raise TypeError(f"{name}: profile_overrides key {where!r} names no profile "
                             f"(profiles: {', '.join(PROFILES)}; one dataset: '<profile>:<dataset>')")
+    # A dataset key without a card would never match a run: its overrides would silently not apply.
+    cards = set(all_cards())
+    named = [(f"dataset_defaults key {d!r}", d) for d in cls.dataset_defaults]
+    named += [(f"profile_overrides key {w!r}", w.partition(":")[2])
+              for w in cls.profile_overrides if ":" in w]
+    for what, dataset in named:
+        if dataset not in cards:
+            raise TypeError(f"{name}: {what} names no dataset with a protocol card (cards: "
+                            f"{', '.join(sorted(cards))})")
     unbounded = sorted(set(cls.bounds) - known)
     if unbounded:
         raise TypeError(f"{name}: bounds name {', '.join(unbounded)}, which `defaults` does not "

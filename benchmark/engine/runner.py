@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark import metrics as metric_names
 from benchmark.data.cards import ProtocolCard, all_cards, get_card
 from benchmark.data.decoding import require_readable
 from benchmark.data.registry import is_present, load_dataset, locate_dataset
@@ -717,15 +719,37 @@ def run_all(
     return records
 
 
+_worker_log_lines: Any = None  # in a worker process: the queue its log lines go to
+
+
+def _init_worker(lines: Any) -> None:
+    global _worker_log_lines
+    _worker_log_lines = lines
+
+
+def _to_parent(line: str) -> None:
+    _worker_log_lines.put(line)
+
+
 def _cell_in_worker(
     method: str, dataset: str, seed: int, profile: str, out: str, device: Any,
     weights: str | Path | None, force: bool, root: str | Path | None, uri: str | None,
     init: str = "profile",
 ) -> dict[str, Any]:
     """One cell in a worker process: it writes the pending-tracking marker with its record, and
-    the parent logs it to MLflow (one writer to the store); log lines to stderr."""
+    the parent logs it to MLflow (one writer to the store). Its log lines go to the parent, which
+    prints them above the progress bar, so that several workers never break it."""
+    log = _to_parent if _worker_log_lines is not None else _stderr
     return run_cell(method, dataset, seed, profile, out, device, uri, None, weights, force,
-                    root=root, tracking=uri is not None, log_now=False, init=init)
+                    root=root, tracking=uri is not None, log=log, log_now=False, init=init)
+
+
+def _print_lines(lines: Any) -> None:
+    """The parent's side of the workers' log queue: each line above the bar, until None."""
+    from tqdm import tqdm
+
+    for line in iter(lines.get, None):
+        tqdm.write(line, file=sys.stderr)
 
 
 def _run_parallel(
@@ -742,7 +766,11 @@ def _run_parallel(
     done: dict[tuple[str, str, int], dict[str, Any]] = {}
     bar = tqdm(total=len(cells), desc="cells", unit="cell", file=sys.stderr, disable=not progress)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    lines = context.Queue()
+    printer = threading.Thread(target=_print_lines, args=(lines,), daemon=True)
+    printer.start()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(lines,)) as pool:
         futures = {
             pool.submit(_cell_in_worker, method, dataset, seed, profile, str(out),
                         str(device) if device is not None else None, weights, force, root, uri,
@@ -767,6 +795,8 @@ def _run_parallel(
             done[(dataset, method, seed)] = {"skipped": False, **record}
             bar.set_postfix_str(f"{method} on {dataset} seed {seed} done")
             bar.update(1)
+    lines.put(None)  # after the pool has ended: every worker's lines are in the queue
+    printer.join(timeout=30)
     bar.close()
     return [done[c] for c in cells]
 
@@ -788,7 +818,7 @@ def failed_setup_record(
     }
 
 
-SUMMARY_METRICS = {"reid": ("mAP", "R1", "R5", "mINP"), "clustering": ("ACC", "NMI", "ARI")}
+SUMMARY_METRICS = metric_names.RUN_SUMMARY
 
 
 def summary_table(records: Sequence[Mapping[str, Any]]):  # -> pandas.DataFrame

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmark.data.types import ReidDataset
+from benchmark.metrics import OBJECTIVE
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.profiles import Profile
 from benchmark.tuning.validation import ValidationSplit
@@ -41,7 +42,7 @@ def selection_mode(config: Mapping[str, Any]) -> str:
 
 
 def validation_metric(split: ValidationSplit) -> str:
-    return "mAP" if isinstance(split.validation, ReidDataset) else "ACC"
+    return OBJECTIVE["reid" if isinstance(split.validation, ReidDataset) else "clustering"]
 
 
 def validation_score(

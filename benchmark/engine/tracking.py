@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchmark import metrics as metric_names
 from benchmark.engine import failpoints
 from benchmark.engine.records import (
     FINISHED,
@@ -42,7 +43,7 @@ from benchmark.engine.records import (
 
 PENDING_NAME = "tracking-pending.json"
 EXPERIMENT = "benchmark"
-FINAL_METRICS = ("mAP", "mINP", "R1", "R5", "R10", "ACC", "NMI", "ARI")
+FINAL_METRICS = metric_names.ALL
 _PARAM_VALUE_LIMIT = 6000
 _BATCH = 100  # MLflow accepts at most 100 params (and 1000 entries in all) per log_batch call
 

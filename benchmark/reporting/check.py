@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark.metrics import RULES
 from benchmark.reporting.claims import METRICS
 from benchmark.reporting.results import FINISHED, aggregate, metrics_frame
 
 DEFAULT_TOLERANCE = 0.02
-TOLERANCE_FACTORS = {"mAP": 1.0, "NMI": 1.0, "R1": 1.5, "R5": 1.5, "R10": 1.5, "mINP": 1.5,
-                     "ACC": 1.5, "ARI": 1.5}
+TOLERANCE_FACTORS = {rule.name: rule.tolerance_factor for rule in RULES}
 REQUIRED = ("method", "dataset", "profile", "metric", "value", "tolerance")
 OPTIONAL = ("seeds",)
 # A claims reference (top-level `kind = "claims"`, benchmark.reporting.claims_reference) cites each

@@ -40,15 +40,16 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark import metrics as metric_names
 from benchmark.data.cards import ProtocolCard, all_cards
 from benchmark.paths import REPO_ROOT
 
 CLAIMS_PATH = REPO_ROOT / "leaderboards" / "claims.toml"
 PAPERS_DIR = REPO_ROOT.parent / "shared" / "papers"
 
-REID_METRICS = ("mAP", "mINP", "R1", "R5", "R10")
-CLUSTERING_METRICS = ("ACC", "NMI", "ARI")
-METRICS = REID_METRICS + CLUSTERING_METRICS
+REID_METRICS = metric_names.BY_TASK["reid"]
+CLUSTERING_METRICS = metric_names.BY_TASK["clustering"]
+METRICS = metric_names.ALL
 ORIGINS = ("own", "quoted")
 FIXED_PROTOCOLS = ("fully unsupervised", "one-example", "supervised", "not stated")
 _UDA = re.compile(r"UDA \((?:source: (?P<source>[a-z0-9]+(?:-[a-z0-9]+)*)|source not stated)\)")
@@ -61,7 +62,7 @@ IDENTITY = ("method", "name", "dataset", "metric", "paper", "table", "backbone",
 PAPER_KEYS = ("file", "title", "authors", "venue")
 COLUMNS = ("entry",) + REQUIRED + OPTIONAL + ("protocol", "qualifier", "paper_title",
                                               "paper_authors", "paper_venue")
-CMC_ORDER = ("R1", "R5", "R10")
+CMC_ORDER = tuple(metric_names.CMC_RANKS)
 
 
 class ClaimsError(ValueError):

@@ -46,12 +46,12 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.metrics import RULES
 from benchmark.reporting.claims import METRICS, cite, load_claims
 from benchmark.reporting.comparability import PAPER_PROFILE, paper_run_gaps, pool_key
 from benchmark.reporting.results import FINISHED, t_interval
 
-TOLERANCE_DEFAULTS_PCT = {"mAP": 2.0, "mINP": 2.0, "R1": 2.0, "NMI": 2.0, "R5": 1.5, "R10": 1.5,
-                          "ACC": 3.0, "ARI": 3.0}
+TOLERANCE_DEFAULTS_PCT = {rule.name: rule.claim_tolerance_pct for rule in RULES}
 MIN_SEEDS = 3
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = (
     "reproduced", "not reproduced", "inconclusive", "not run")

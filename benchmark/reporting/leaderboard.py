@@ -43,6 +43,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.metrics import CMC_RANKS, LEADERBOARD_SUMMARY
 from benchmark.reporting.claims import cite, load_claims
 from benchmark.reporting.comparability import PAPER_PROFILE, pool_differences
 from benchmark.reporting.plots import (
@@ -69,13 +70,13 @@ BACKBONE_NAMES = {"resnet50": "ResNet-50"}  # harness backbone key -> as the pap
 CLAIM_VARIANTS = {"ussl-star": ("ussl", "*")}
 COMPARED_PROTOCOL = "fully unsupervised"
 EXCLUDED_QUALIFIERS = ("ablation:", "sensitivity:")
-SUMMARY_METRICS = {"reid": ("mAP", "R1"), "clustering": ("ACC", "NMI")}
+SUMMARY_METRICS = LEADERBOARD_SUMMARY
 SMALL_N = 3  # fewer seeds than this: the interval is wide or undefined, and the cell is marked
 SMALL_N_MARK = "†"
 # A claim needs a spread to be judged against: with one seed there is no interval and no std, and a
 # Δ would read as certain. Such a row keeps its number but gets no claim, and says why.
 MIN_SEEDS_FOR_CLAIM = 2
-CMC_CLAIM_RANKS = {"R1": 1, "R5": 5, "R10": 10}
+CMC_CLAIM_RANKS = CMC_RANKS
 NO_VALUE = "—"
 BASENAME = "leaderboard"
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.reporting.claims import CLUSTERING_METRICS, METRICS
+from benchmark.metrics import ALL as METRICS
+from benchmark.metrics import table_order
 from benchmark.reporting.comparability import (
     paper_run_gaps,
     pool_key,
@@ -249,7 +250,5 @@ def pseudo_label_history(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 def metrics_for_kind(kind: str | None) -> tuple[str, ...]:
     """The table columns of a dataset kind, in the order papers print them."""
-    if kind == "clustering":
-        return CLUSTERING_METRICS
-    return ("mAP", "R1", "R5", "R10", "mINP") if kind == "reid" else METRICS
+    return table_order(kind)
 
