@@ -9,6 +9,7 @@ reader never sees half a record, and a killed run leaves either the old record o
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -17,7 +18,8 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -215,6 +217,19 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(index)
         env["gpu_capability"] = list(torch.cuda.get_device_capability(index))
     return env
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive POSIX record lock (`lockf`, which NFS v4 and Lustre honour) on `path`, for
+    writers in several processes or on several nodes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def launch_facts() -> dict[str, Any]:

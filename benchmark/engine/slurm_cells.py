@@ -18,11 +18,9 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from benchmark.engine.records import (
     FINISHED,
     RecordError,
     cell_dir,
+    file_lock,
     jsonable,
     now,
     read_record,
@@ -66,19 +65,6 @@ def ledger_path(out: Path) -> Path:
     return Path(out) / SLURM_DIR / LEDGER_NAME
 
 
-@contextmanager
-def _ledger_lock(out: Path) -> Iterator[None]:
-    """One writer of the ledger at a time (two commands submitting into one --out)."""
-    folder = Path(out) / SLURM_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / (LEDGER_NAME + ".lock"), "a+b") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
-
-
 def read_ledger(out: Path) -> dict[str, dict[str, Any]]:
     """Cell key -> {job_id, jobs (every id, oldest first), submitted_at, options, cell fields}."""
     path = ledger_path(out)
@@ -96,7 +82,7 @@ def read_ledger(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _add_to_ledger(out: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
-    with _ledger_lock(out):
+    with file_lock(ledger_path(out).with_name(LEDGER_NAME + ".lock")):  # one writer at a time
         cells = read_ledger(out)
         for key, entry in entries.items():
             earlier = cells.get(key, {}).get("jobs", [])
@@ -259,16 +245,14 @@ def _record_after(cell: _Cell, job_id: str, entry: QueueEntry | None,
     if record is not None and record.get("status") == FINISHED:
         return record  # finished by another submission meanwhile
     state = entry.state if entry is not None else "gone from the queue"
-    try:
-        raise SlurmJobEnded(
-            f"Slurm job {job_id} ended ({state}) before the cell wrote its record: cancelled, "
-            f"killed, out of memory or requeued too often; its log is under "
-            f"{path.parents[4] / SLURM_DIR / 'logs' / job_id}. Its checkpoints are kept: "
-            "the same command submits it again and it resumes")
-    except SlurmJobEnded as exc:
-        failed = failed_setup_record(cell.key, cell.dataset, cell.seed, profile, exc,
-                                     launch={"launcher": "slurm", "job_id": job_id,
-                                             "node": entry.node if entry else None})
+    ended = SlurmJobEnded(
+        f"Slurm job {job_id} ended ({state}) before the cell wrote its record: cancelled, "
+        f"killed, out of memory or requeued too often; its log is under "
+        f"{path.parents[4] / SLURM_DIR / 'logs' / job_id}. Its checkpoints are kept: "
+        "the same command submits it again and it resumes")
+    failed = failed_setup_record(cell.key, cell.dataset, cell.seed, profile, ended,
+                                 launch={"launcher": "slurm", "job_id": job_id,
+                                         "node": entry.node if entry else None})
     write_record(path, failed)
     return failed
 

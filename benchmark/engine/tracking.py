@@ -18,7 +18,6 @@ machine but what goes to the tracking server the user named.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from benchmark import metrics as metric_names
 from benchmark.engine import failpoints
 from benchmark.engine.records import (
     FINISHED,
+    file_lock,
     jsonable,
     now,
     read_record,
@@ -268,14 +268,8 @@ def store_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+b") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def log_cell(

@@ -495,9 +495,7 @@ def sweep_on_slurm(spec: SweepSpec, workers: int, options: SlurmOptions, *, wait
     job_ids = [str(job.job_id) for job in jobs]
     if not wait:
         return {"study": spec.name, "storage": public_url(spec.storage_url), "jobs": job_ids}
-    ended: dict[str, str] = {}
-    wait_for(job_ids, lambda job_id, entry: ended.update({job_id: entry.state if entry else "ended"}),
-             poll_s=poll_s)
+    wait_for(job_ids, lambda job_id, entry: None, poll_s=poll_s)  # the study holds the results
     summary = _finish(spec, study, tracker, parent, metric)
     summary["jobs"] = job_ids
     return summary
