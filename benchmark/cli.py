@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from benchmark import __version__
+from benchmark.engine.precision import PRECISIONS  # light: no torch
 from benchmark.engine.profiles import PROFILES  # light: no torch
 
 
@@ -198,47 +199,25 @@ def _names(text: str | None) -> list[str] | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.data.errors import DatasetError
     from benchmark.engine.contract import ConfigError
-    from benchmark.engine.records import FINISHED, RecordError, cell_dir, jsonable, record_path
+    from benchmark.engine.records import RecordError
     from benchmark.engine.slurm import SlurmError
 
     out = Path(args.out)
     tracking = not args.no_tracking
     try:
-        if args.replay_tracking:
-            return _replay(args, out)
-        if args.status:
-            if not args.all:
-                raise ValueError("--status goes with --all: `run --all --status --out DIR`")
-            return _run_status(args, out)
-        options = _slurm_options(args)
-        if args.all:
-            if args.method or args.dataset or args.params:
-                raise ValueError("--all runs every applicable pair: use --methods / --datasets "
-                                 "to narrow it (not --method / --dataset / --params)")
-            seeds = _seed_list(args.seeds) if args.seeds is not None else [args.seed]
-            if options is not None:
-                return _run_all_slurm(args, out, seeds, tracking, options)
-            return _run_all(args, out, seeds, tracking)
-        if options is not None:
-            raise ValueError("--launcher slurm goes with --all (or `sweep`); a single cell runs "
-                             "here")
-        if not args.method or not args.dataset:
-            raise ValueError("give --method and --dataset (or --all, or --replay-tracking)")
-        params = _read_params(args.params) if args.params else None
-        from benchmark.engine.runner import run_cell
+        if args.gpus is not None:
+            return _relaunch_under_torchrun(args)
+        from benchmark.engine import distributed
 
-        with _stdout_reserved(args.json) as stdout:
-            record = run_cell(
-                args.method, args.dataset, args.seed, args.profile, out, args.device,
-                args.tracking_uri, params, args.weights, args.force, root=args.root,
-                tracking=tracking, init=args.init,
-            )
-            if args.json:
-                stdout.write(json.dumps(jsonable(record)) + "\n")
-        if not args.json:
-            _print_cell(record, record_path(cell_dir(
-                out, record["dataset"], record["method"], record["profile"], record["seed"])))
-        return 0 if record["status"] == FINISHED else 1
+        world, args.device = distributed.init_from_torchrun(args.device)
+        if world.size > 1 and (args.replay_tracking or args.status or args.jobs > 1
+                               or args.launcher != "local"):
+            raise ValueError("under torchrun, `run` trains cells with every process together: "
+                             "--replay-tracking, --status, --jobs and --launcher slurm run alone")
+        try:
+            return _run_cells(args, out, tracking, world.main)
+        finally:
+            distributed.shutdown()
     except (ValueError, ConfigError, DatasetError, RecordError, FileNotFoundError,
             SlurmError) as exc:
         print(f"run: {exc}", file=sys.stderr)
@@ -246,6 +225,89 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # the results folder failed under us (e.g. the disk is full)
         print(f"run: {exc}", file=sys.stderr)
         return 1
+
+
+def _run_cells(args: argparse.Namespace, out: Path, tracking: bool, main: bool) -> int:
+    """`run`'s work; under torchrun every rank calls it and rank 0 (`main`) alone prints."""
+    from benchmark.engine.records import FINISHED, cell_dir, jsonable, record_path
+
+    if args.replay_tracking:
+        return _replay(args, out)
+    if args.status:
+        if not args.all:
+            raise ValueError("--status goes with --all: `run --all --status --out DIR`")
+        return _run_status(args, out)
+    options = _slurm_options(args)
+    if args.all:
+        if args.method or args.dataset or args.params:
+            raise ValueError("--all runs every applicable pair: use --methods / --datasets "
+                             "to narrow it (not --method / --dataset / --params)")
+        seeds = _seed_list(args.seeds) if args.seeds is not None else [args.seed]
+        if options is not None:
+            return _run_all_slurm(args, out, seeds, tracking, options)
+        return _run_all(args, out, seeds, tracking, main)
+    if options is not None:
+        raise ValueError("--launcher slurm goes with --all (or `sweep`); a single cell runs "
+                         "here")
+    if not args.method or not args.dataset:
+        raise ValueError("give --method and --dataset (or --all, or --replay-tracking)")
+    params = _read_params(args.params) if args.params else None
+    from benchmark.engine.runner import run_cell
+
+    with _stdout_reserved(args.json) as stdout:
+        record = run_cell(
+            args.method, args.dataset, args.seed, args.profile, out, args.device,
+            args.tracking_uri, params, args.weights, args.force, root=args.root,
+            tracking=tracking, init=args.init, precision=args.precision,
+        )
+        if args.json and main:
+            stdout.write(json.dumps(jsonable(record)) + "\n")
+    if not args.json and main:
+        _print_cell(record, record_path(cell_dir(
+            out, record["dataset"], record["method"], record["profile"], record["seed"])))
+    return 0 if record["status"] == FINISHED else 1
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
+    """`run --gpus N`: the same command under `torchrun --standalone --nproc-per-node N`, one
+    process per GPU (or, with --device cpu, N CPU processes on gloo: how the tests run DDP)."""
+    import subprocess
+
+    import torch
+
+    from benchmark.engine.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ValueError("--gpus starts torchrun itself; under torchrun, leave it out")
+    if args.gpus < 1:
+        raise ValueError(f"--gpus {args.gpus}: must be at least 1")
+    on_cpu = args.device is not None and str(args.device) == "cpu"
+    if not on_cpu:
+        if args.device is not None and str(args.device) not in ("cuda", "auto"):
+            raise ValueError(f"--gpus gives each process its own GPU (cuda:LOCAL_RANK); "
+                             f"--device {args.device} cannot go with it (use cuda or cpu)")
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < args.gpus:
+            raise ValueError(f"--gpus {args.gpus}: this machine has {found} CUDA GPU(s); "
+                             "give fewer, or --device cpu for CPU processes")
+    argv = _without_option(list(args.argv), "--gpus")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(args.gpus), "-m", "benchmark", *argv]
+    print("starting: " + " ".join(command[1:]), file=sys.stderr)
+    return subprocess.call(command)
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` / `option=VALUE`."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == option:
+            skip = True
+        elif not token.startswith(option + "="):
+            kept.append(token)
+    return kept
 
 
 def _print_cell(record: dict, record_file: Path) -> None:
@@ -270,7 +332,8 @@ def _print_cell(record: dict, record_file: Path) -> None:
           + (f" ({tracking['uri']}, run {tracking.get('run_id')})" if tracking.get("run_id") else ""))
 
 
-def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bool) -> int:
+def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bool,
+             main: bool = True) -> int:
     from benchmark.engine.records import jsonable
     from benchmark.engine.runner import run_all, summary_table
 
@@ -279,10 +342,12 @@ def _run_all(args: argparse.Namespace, out: Path, seeds: list[int], tracking: bo
             seeds, args.profile, out, methods=_names(args.methods), datasets=_names(args.datasets),
             device=args.device, tracking_uri=args.tracking_uri, tracking=tracking,
             weights=args.weights, root=args.root, force=args.force, jobs=args.jobs,
-            init=args.init,
+            init=args.init, precision=args.precision, progress=main,
         )
-        if args.json:
+        if args.json and main:
             stdout.write(json.dumps({"records": jsonable(records)}) + "\n")
+    if not main:
+        return 0 if all(r["status"] == "finished" for r in records) else 1
     if not args.json:
         table = summary_table(records)
         print(f"\nsummary ({args.profile} profile; metrics in %; records under {out}):")
@@ -461,10 +526,20 @@ def _cmd_methods_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from benchmark.doctor import run_doctor
+
+    return run_doctor(args)
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     from benchmark.evaluation.perf import run_perf
 
-    return run_perf(args)
+    try:
+        return run_perf(args)
+    except ValueError as exc:
+        print(f"perf: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -745,6 +820,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON or TOML file of config overrides (single runs)")
     p.add_argument("--root", help=root_help)
     p.add_argument("--force", action="store_true", help="re-run finished cells from scratch")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                   help="fp32, or bf16 (autocast for training and feature extraction, "
+                   "channels_last); auto: bf16 for the paper profile on CUDA, else fp32")
+    p.add_argument("--gpus", type=int,
+                   help="train with N processes through torchrun (DDP), one GPU each; with "
+                   "--device cpu, N CPU processes (gloo). `torchrun --nproc-per-node N -m "
+                   "benchmark run ...` does the same")
     p.add_argument("--status", action="store_true",
                    help="with --all: each cell under --out (records and Slurm jobs) as pending, "
                    "running, finished or failed, with its Slurm job id and node, then exit")
@@ -856,7 +938,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="which scales to run (repeatable; default: market and msmt17)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", action="store_true",
+                   help="the paper-scale training step instead (ResNet-50, 256x128): images/s and "
+                   "peak memory, fp32 against bf16 + channels_last, per step shape of the re-ID "
+                   "methods (with --scale: both tables)")
+    p.add_argument("--train-batch", type=int,
+                   help="with --train: the batch per step (default: the paper's per-GPU batch on "
+                   "CUDA, at most 4 on CPU)")
+    p.add_argument("--train-steps", type=int,
+                   help="with --train: timed steps per measurement (default 20 on CUDA, 2 on CPU)")
+    p.add_argument("--methods", help="with --train: only the step shapes of these methods "
+                   "(comma-separated)")
+    p.add_argument("--device", help="with --train: cpu, cuda, ... (default: CUDA when available)")
     p.set_defaults(func=_cmd_perf)
+
+    p = sub.add_parser(
+        "doctor", help="is this machine ready for the paper profile: evaluation, training step, "
+        "an epoch, a torchrun run, as one table",
+        description="Runs in a few minutes: evaluation from 2048-d features (MSMT17 scale on a "
+        "GPU), the training step fp32 vs bf16 + channels_last, one Cluster Contrast epoch on "
+        "synthetic-reid (paper profile on a GPU, ci on CPU) and the same epoch through torchrun "
+        "with one process. Prints one table with each target and whether it is met.")
+    p.add_argument("--gpu", action="store_true", help="require CUDA (exit 2 without it)")
+    p.add_argument("--weights", help="local ImageNet weights file (default: random init)")
+    p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
         "leaderboard", help="tables and plots of the result records beside the papers' claims",
@@ -910,7 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # what no command anticipated: one line, the traceback on --debug

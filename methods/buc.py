@@ -22,6 +22,7 @@ from torchvision import transforms as T
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import ConfigError, EpochMethod, Paper, RunContext
+from benchmark.engine.distributed import on_main
 from benchmark.engine.method_registry import register_method
 from methods.common.backbones import draw_seed, forked_torch_rng, run_backbone
 from methods.common.features import extract_features, training_loader
@@ -142,6 +143,7 @@ class BUC(EpochMethod):
     )
     tasks = ("reid",)
     uses_camera_ids = False
+    supports_distributed = True
     defaults: ClassVar[dict[str, Any]] = {
         "merge_fraction": 0.05,
         "size_penalty": 0.005,
@@ -243,6 +245,7 @@ class BUC(EpochMethod):
         # The authors start from an empty memory; each slot takes its image's feature on first use.
         self.memory = self._memory(torch.zeros(n, int(config["embedding_dim"])))
         self.optimizer = self._optimizer()
+        self.train_model = ctx.parallel(self.model)
 
     def _memory(self, rows: torch.Tensor) -> ClusterMemory:
         return ClusterMemory(
@@ -285,10 +288,11 @@ class BUC(EpochMethod):
         c = self.config
         features, embedded = self._features()
         before = int(self.labels.max()) + 1
-        self.labels = linkage_merge_step(
-            features.numpy(), self.labels, str(c["linkage"]), str(c["merge_metric"]),
+        labels = self.labels
+        self.labels = on_main(lambda: linkage_merge_step(
+            features.numpy(), labels, str(c["linkage"]), str(c["merge_metric"]),
             float(c["merge_fraction"]), float(c["size_penalty"]),
-        )
+        ))
         after = int(self.labels.max()) + 1
         # the authors' fixed code: a fresh, all-zero memory per merge (see Deviations)
         self.memory = self._memory(torch.zeros(after, embedded.shape[1]))
@@ -300,7 +304,7 @@ class BUC(EpochMethod):
         ctx = self.ctx
         stage, within = self.schedule.locate(epoch)
         metrics: dict[str, float] = {"stage": float(stage)}
-        with forked_torch_rng(draw_seed(ctx.torch_generator), self.device):
+        with forked_torch_rng(draw_seed(ctx.torch_generator), self.device, per_rank=True):
             if self.schedule.merges_before(epoch):
                 metrics.update(self._merge(stage))
             ctx.report_pseudo_labels(epoch, self.labels)
@@ -320,7 +324,7 @@ class BUC(EpochMethod):
         for images, index in islice(loader, iters if iters > 0 else None):
             images = images.to(self.device, non_blocking=True)
             targets = targets_all[index.to(self.device)]
-            out = self.model(images)
+            out = self.train_model(images)
             loss = repelled_loss(out, targets, self.memory.centroids, float(c["temperature"]))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -18,6 +18,7 @@ from torch import nn
 
 from benchmark.data.unlabeled import UnlabeledView
 from benchmark.engine.contract import Bound, EpochMethod, Paper, RunContext
+from benchmark.engine.distributed import on_main
 from benchmark.engine.method_registry import register_method
 from methods.common.backbones import (
     BNNeckEncoder,
@@ -92,6 +93,7 @@ class ClusterContrast(EpochMethod):
     )
     tasks = ("reid",)
     uses_camera_ids = False
+    supports_distributed = True
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 50,
         "iters": 200,
@@ -161,6 +163,7 @@ class ClusterContrast(EpochMethod):
         backbone = run_backbone(ctx, last_stride=int(config["last_stride"]),
                                 pooling=str(config["pooling"]))
         self.model = BNNeckEncoder(backbone).to(self.device)
+        self.train_model = ctx.parallel(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(
             params, lr=float(config["lr"]), weight_decay=float(config["weight_decay"])
@@ -176,14 +179,14 @@ class ClusterContrast(EpochMethod):
             self.model, self.view, self.eval_tf, batch_size=profile.eval_batch_size,
             device=self.device, num_workers=profile.num_workers,
         )
-        dist = jaccard_distance(features.numpy(), k1=int(c["k1"]), k2=int(c["k2"]))
-        labels = dbscan_pseudo_labels(dist, eps=float(c["eps"]),
-                                      min_samples=int(c["min_samples"]))
+        labels = on_main(lambda: dbscan_pseudo_labels(
+            jaccard_distance(features.numpy(), k1=int(c["k1"]), k2=int(c["k2"])),
+            eps=float(c["eps"]), min_samples=int(c["min_samples"])))
         return features, np.asarray(labels, dtype=np.int64)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         ctx = self.ctx
-        with forked_torch_rng(draw_seed(ctx.torch_generator), self.device):
+        with forked_torch_rng(draw_seed(ctx.torch_generator), self.device, per_rank=True):
             features, labels = self.pseudo_labels()
             ctx.report_pseudo_labels(epoch, labels)
             num_clusters = int(labels.max()) + 1 if labels.size else 0
@@ -216,7 +219,7 @@ class ClusterContrast(EpochMethod):
         for images, index in loader:
             images = images.to(self.device, non_blocking=True)
             targets = labels_t[index.to(self.device)]
-            out = self.model(images)
+            out = self.train_model(images)
             loss = cluster_nce(out, targets, memory.centroids, float(c["temperature"]))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

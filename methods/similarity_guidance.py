@@ -207,6 +207,8 @@ class SimilarityGuidance(BUC):
       for another value.
     """
 
+    # its own merge and training step are not written for torchrun yet (BUC's are)
+    supports_distributed = False
     key = "similarity-guidance"
     paper = Paper(
         title="Unsupervised Visual Feature Learning Based on Similarity Guidance",

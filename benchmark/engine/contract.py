@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from benchmark.data.unlabeled import UnlabeledView
-from benchmark.engine import failpoints
+from benchmark.engine import distributed, failpoints
 from benchmark.engine.profiles import Profile
 from benchmark.engine.run_identity import IMAGENET_V1, init_from_checkpoint
 
@@ -170,6 +170,11 @@ class MethodAdapter:
     # ("*" for all): something the paper relies on that the harness withholds or lacks. Written
     # here, in the adapter, so the leaderboard marks the cell without knowing any method.
     not_comparable: ClassVar[dict[str, str]] = {}
+    # Whether the adapter runs under torchrun (DDP): its training forwards go through
+    # `ctx.parallel(model)` and it takes shared decisions with `distributed.on_main`; the harness
+    # and methods/common do the rest (sharded extraction, sliced global batches, gathered memory
+    # updates, rank-0 checkpoints). The runner refuses a multi-process run of any other adapter.
+    supports_distributed: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -300,17 +305,24 @@ def run_epochs(
     hooks (pruning). The hooks are the harness's and are not reachable from `method`, `view`,
     `config` or `ctx`.
 
+    Under `ctx.precision` "bf16" each epoch trains under bf16 autocast (feature extraction for
+    pseudo labels included) with the encoder in channels_last; the harness's evaluation stays in
+    float32 (`benchmark.engine.evaluate`).
+
     Logging and scoring come before the save: the checkpoint then carries this epoch's history, the
     RNG states it stores are those after scoring (as in an uninterrupted run), and a crash between
     the two re-runs the epoch, whose metrics and score replace the same epoch's entries."""
     method.setup(view, config, ctx)
+    if ctx.channels_last:
+        method.encoder().to(memory_format=torch.channels_last)
     start = 0
     resumed = ctx.load_checkpoint()
     if resumed is not None:
         method.load_state_dict(resumed["method"])
         start = int(resumed["epoch"]) + 1
     for epoch in range(start, method.num_epochs(config)):
-        metrics = method.train_epoch(epoch)
+        with ctx.autocast():
+            metrics = method.train_epoch(epoch)
         failpoints.reached("epoch")
         ctx.sink.log_epoch(epoch, metrics)
         for hook in before_checkpoint:
@@ -425,6 +437,26 @@ class RunContext:
     # Set by `report_init` when the method starts its backbone from a checkpoint instead of what
     # the profile gives (the record's `init` then names that file and its sha256).
     reported_init: dict[str, Any] | None = None
+    # "fp32", or "bf16": bf16 autocast for training and feature extraction, channels_last conv
+    # weights (benchmark.engine.precision); never the metric code.
+    precision: str = "fp32"
+
+    @property
+    def channels_last(self) -> bool:
+        return self.precision == "bf16"
+
+    def autocast(self) -> Any:
+        """The autocast context the harness trains an epoch under (off for fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    def parallel(self, model: nn.Module) -> nn.Module:
+        """What an adapter runs its training forwards through: `model` wrapped in DDP under
+        torchrun (gradients averaged over ranks), `model` itself in one process. Keep `model` for
+        `state_dict` and `encoder`. Under bf16 the model is first made channels_last."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return distributed.data_parallel(model, self.device)
 
     def worker_init_fn(self, worker_id: int) -> None:
         """Seeds python and numpy in each DataLoader worker (pass as DataLoader(worker_init_fn=...)).
@@ -454,16 +486,31 @@ class RunContext:
     def save_checkpoint(self, epoch: int, method_state: Mapping[str, Any]) -> Path:
         """Write the epoch's checkpoint atomically, then its sha256 beside it (`.pt.sha256`), and
         keep the last `keep_checkpoints` (two by default: a corrupt latest one still leaves the
-        one before to resume from)."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        one before to resume from).
+
+        Under torchrun rank 0 writes it, with every rank's RNG state (`rng_ranks`), and the ranks
+        wait for each other."""
         path = self._checkpoint_path(epoch)
-        tmp = path.with_suffix(".pt.tmp")
+        world = distributed.world()
+        rng_ranks = distributed.gather_objects(_rng_state(self)) if world.active else None
+        if not world.main:
+            distributed.barrier()
+            return path
         try:
-            torch.save(
-                {"epoch": epoch, "method": dict(method_state), "rng": _rng_state(self),
-                 "sink": self.sink.state()},
-                tmp,
-            )
+            return self._write_checkpoint(path, epoch, method_state, rng_ranks)
+        finally:
+            distributed.barrier()
+
+    def _write_checkpoint(self, path: Path, epoch: int, method_state: Mapping[str, Any],
+                          rng_ranks: list[Any] | None) -> Path:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        content = {"epoch": epoch, "method": dict(method_state), "rng": _rng_state(self),
+                   "sink": self.sink.state()}
+        if rng_ranks is not None:
+            content["rng_ranks"] = rng_ranks
+        try:
+            torch.save(content, tmp)
         except BaseException as exc:  # e.g. the disk is full: leave no partial file behind
             full = disk_is_full(self.checkpoint_dir)
             tmp.unlink(missing_ok=True)
@@ -488,7 +535,28 @@ class RunContext:
 
         A checkpoint whose sha256 does not match, or that torch cannot read, is moved aside
         (`.pt.corrupt`, with a warning naming it) and the one before is used; the epochs after it
-        are trained again, to the same numbers."""
+        are trained again, to the same numbers. Under torchrun rank 0 chooses the checkpoint and
+        every rank restores its own RNG state from it."""
+        world = distributed.world()
+        if not world.active:
+            return self._load_latest()
+        chosen = distributed.on_main(
+            lambda: (lambda found: None if found is None else int(found["epoch"]))(
+                self._load_latest(restore=False)))
+        if chosen is None:
+            return None
+        state = torch.load(self._checkpoint_path(chosen), map_location="cpu", weights_only=True)
+        ranks = state.get("rng_ranks")
+        if ranks is None or len(ranks) != world.size:
+            found = "one process" if ranks is None else f"{len(ranks)} processes"
+            raise ValueError(f"checkpoint {self._checkpoint_path(chosen)} was written by {found}; "
+                             f"resume it with the same number of processes (now {world.size}), "
+                             "or start again with --force")
+        _restore_rng(self, ranks[world.rank])
+        self.sink.load_state(state.get("sink", {}))
+        return state
+
+    def _load_latest(self, restore: bool = True) -> dict[str, Any] | None:
         paths = sorted(self.checkpoint_dir.glob("epoch-*.pt")) if self.checkpoint_dir.is_dir() else []
         for path in reversed(paths):
             problem = _checkpoint_problem(path)
@@ -505,7 +573,12 @@ class RunContext:
                 warnings.warn(f"checkpoint {path} {problem}; moved aside to {aside.name}, "
                               "resuming from the one before it", RuntimeWarning, stacklevel=2)
                 continue
-            _restore_rng(self, state["rng"])
-            self.sink.load_state(state.get("sink", {}))
+            if restore:
+                if state.get("rng_ranks") is not None:
+                    raise ValueError(
+                        f"checkpoint {path} was written by {len(state['rng_ranks'])} processes "
+                        "(torchrun); resume it with the same number, or start again with --force")
+                _restore_rng(self, state["rng"])
+                self.sink.load_state(state.get("sink", {}))
             return state
         return None

@@ -74,22 +74,29 @@ def encoder_features(
 
 
 def evaluate_encoder(
-    encoder: nn.Module, dataset: Dataset, *, profile: Profile, device: torch.device, seed: int
+    encoder: nn.Module, dataset: Dataset, *, profile: Profile, device: torch.device, seed: int,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics (fractions in [0, 1]) and the protocol used, for a re-ID or a clustering dataset."""
+    """Metrics (fractions in [0, 1]) and the protocol used, for a re-ID or a clustering dataset.
+
+    Under `precision` "bf16" the encoder embeds under bf16 autocast; its features are float32 and
+    everything after them (distances, ranking, metrics) runs outside autocast."""
     encoder.eval()
     size = evaluation_size(dataset, profile)
     protocol: dict[str, Any] = {
         "input_size": list(size),
         "transform": "resize to input_size, ImageNet mean/std normalisation",
-        "features": "L2-normalised encoder output",
+        "features": "L2-normalised encoder output"
+                    + (" (bf16 autocast, float32 out)" if precision == "bf16" else ""),
         "model": "last epoch",
     }
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if isinstance(dataset, ReidDataset):
         from benchmark.evaluation.reid import evaluate_reid_features
 
-        q = encoder_features(encoder, PathImages(dataset.query.paths), size, profile, device)
-        g = encoder_features(encoder, PathImages(dataset.gallery.paths), size, profile, device)
+        with autocast:
+            q = encoder_features(encoder, PathImages(dataset.query.paths), size, profile, device)
+            g = encoder_features(encoder, PathImages(dataset.gallery.paths), size, profile, device)
         result = evaluate_reid_features(
             q, g, dataset.query.pids, dataset.gallery.pids, dataset.query.camids,
             dataset.gallery.camids, metric="cosine", device=device,
@@ -101,7 +108,8 @@ def evaluate_encoder(
         from benchmark.evaluation.clustering import evaluate_clustering_features
 
         images = UnlabeledView(pixels=dataset.images, kind="clustering")  # dataset order, no shuffle
-        feats = encoder_features(encoder, images, size, profile, device)
+        with autocast:
+            feats = encoder_features(encoder, images, size, profile, device)
         result = evaluate_clustering_features(feats.numpy(), dataset.labels, seed)
         protocol.update(task="clustering", splits="all images (train and test together)",
                         feature_dim=int(feats.shape[1]),

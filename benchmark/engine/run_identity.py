@@ -55,11 +55,35 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
-def config_hash(config: Mapping[str, Any], profile_settings: Mapping[str, Any]) -> str:
+def config_hash(config: Mapping[str, Any], profile_settings: Mapping[str, Any],
+                execution: Mapping[str, Any] | None = None) -> str:
     """sha256 of the resolved config together with the profile's settings (input size, backbone,
-    pretrained, ...): two runs with the same hash trained the same recipe at the same scale."""
-    text = canonical_json({"config": dict(config), "profile": dict(profile_settings)})
+    pretrained, ...): two runs with the same hash trained the same recipe at the same scale.
+
+    `execution` holds what changes the numbers beyond the recipe (bf16, a multi-process world);
+    it enters the hash only when given, so a one-process fp32 run keeps the hash it always had."""
+    content: dict[str, Any] = {"config": dict(config), "profile": dict(profile_settings)}
+    if execution:
+        content["execution"] = dict(execution)
+    text = canonical_json(content)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def execution_identity(precision: str = "fp32", world_size: int = 1) -> dict[str, Any]:
+    """What of a run's execution enters its config hash: nothing for one fp32 process."""
+    identity: dict[str, Any] = {}
+    if precision != "fp32":
+        identity["precision"] = precision
+    if world_size > 1:
+        identity["world_size"] = int(world_size)
+    return identity
+
+
+def record_execution(record: Mapping[str, Any]) -> dict[str, Any]:
+    """`execution_identity` of a record (older records ran one fp32 process)."""
+    precision = (record.get("precision") or {}).get("mode", "fp32")
+    world_size = (record.get("distributed") or {}).get("world_size", 1)
+    return execution_identity(str(precision), int(world_size))
 
 
 def file_sha256(path: str | Path) -> str:

@@ -46,10 +46,11 @@ from benchmark.engine.contract import (
     disk_is_full,
     run_epochs,
 )
-from benchmark.engine import failpoints
+from benchmark.engine import distributed, failpoints
 from benchmark.engine.audit_log import isolation_status
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.method_registry import get_method, method_names
+from benchmark.engine.precision import describe_precision, resolve_precision
 from benchmark.engine.profiles import Profile, get_profile
 from benchmark.engine.records import (
     FAILED,
@@ -69,6 +70,7 @@ from benchmark.engine.run_identity import (
     NO_NETWORK,
     RANDOM,
     config_hash,
+    execution_identity,
     init_from_standin,
     init_from_weights_file,
     init_record,
@@ -209,7 +211,7 @@ def build_view(
 def make_context(
     *, device: torch.device, seed: int, profile: Profile, dataset: str, task: str,
     checkpoint_dir: Path, sink: HistorySink, weights: Path | None = None,
-    random_init: bool = False,
+    random_init: bool = False, precision: str = "fp32",
 ) -> RunContext:
     """The run context of a cell; its pseudo-label hook stores labels in the sink, nothing more."""
     generator = torch.Generator()
@@ -218,7 +220,7 @@ def make_context(
         device=device, seed=seed, profile=profile, dataset=dataset, task=task,
         checkpoint_dir=checkpoint_dir, rng=np.random.default_rng(seed), torch_generator=generator,
         sink=sink, pseudo_label_hook=sink.store_pseudo_labels, weights=weights,
-        random_init=random_init,
+        random_init=random_init, precision=precision,
     )
 
 
@@ -301,6 +303,7 @@ def train_cell(
     sink: HistorySink,
     weights: Path | None = None,
     random_init: bool = False,
+    precision: str = "fp32",
 ) -> tuple[Trained, BestOnValidation | None]:
     """Train `adapter` on `plan`: its view, its context, and the harness's selector (scoring each
     epoch on `plan.selection`, kept in `checkpoint_dir`) as a hook of the epoch loop."""
@@ -311,7 +314,7 @@ def train_cell(
     view, hidden = build_view(plan.train, type(adapter), seed)
     ctx = make_context(device=device, seed=seed, profile=profile, dataset=dataset,
                        task=plan.train.kind, checkpoint_dir=checkpoint_dir, sink=sink,
-                       weights=weights, random_init=random_init)
+                       weights=weights, random_init=random_init, precision=precision)
     trained = fit_cell(adapter, view, hidden, config, ctx,
                        before_checkpoint=[selector] if selector is not None else ())
     return trained, selector
@@ -413,9 +416,13 @@ def run_cell(
     tracking: bool = True,
     log: Log | None = _stderr,
     log_now: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Run one cell and return its record (the existing one, marked `"skipped": True`, when the
     cell already finished and `force` is not set).
+
+    Under torchrun every rank calls this with the same arguments: all train and evaluate together
+    (`benchmark.engine.distributed`), rank 0 alone writes the record and logs to MLflow.
 
     Raises for bad input (unknown method, dataset or parameter, a method that does not support the
     dataset's task, a dataset that is not present); a failure while training or evaluating is
@@ -445,6 +452,9 @@ def run_cell(
     config = adapter.resolve_config(dataset, prof.name)
     selection_mode(config)  # a bad value fails here, before anything is written
     dev = resolve_device(device)
+    mode = resolve_precision(precision, dev, prof.name)
+    world = distributed.world()
+    check_world(cls, config, world)
     weights_path = Path(weights).expanduser() if weights else None
     if weights_path is not None and not weights_path.is_file():
         raise FileNotFoundError(f"--weights {weights_path}: no such file")
@@ -452,14 +462,18 @@ def run_cell(
         locate_dataset(dataset, root)  # not present: a clear error before anything is written
     out = Path(out)
     cell = cell_dir(out, dataset, cls.key, prof.name, seed)
-    check_writable(cell)  # a read-only --out or a file in the way fails here, not after training
-    for stale in [*cell.glob(".*.tmp"), *(cell / CHECKPOINTS).glob("*.tmp")]:
-        stale.unlink(missing_ok=True)  # what a killed write left; the file it replaces is whole
+    if world.main:
+        check_writable(cell)  # a read-only --out or a file in the way fails here, not after training
+        for stale in [*cell.glob(".*.tmp"), *(cell / CHECKPOINTS).glob("*.tmp")]:
+            stale.unlink(missing_ok=True)  # what a killed write left; the file it replaces is whole
+        if force:
+            forget_cell(cell)
+    distributed.barrier()
+    if not world.main:
+        log, tracking = None, False
     uri = resolve_tracking_uri(tracking_uri, out) if tracking else None
     path = record_path(cell)
-    if force:
-        forget_cell(cell)
-    elif path.is_file():
+    if not force and path.is_file():
         existing = read_record(path)
         if existing.get("status") == FINISHED:
             if uri and log_now and (cell / PENDING_NAME).is_file():
@@ -492,9 +506,12 @@ def run_cell(
             "weights": str(weights_path) if weights_path else None,
             "init_option": init,
             # what exactly ran, as hashes (benchmark.engine.run_identity): seeds pool on these
-            "config_hash": config_hash(config, prof.as_dict()),
+            "config_hash": config_hash(config, prof.as_dict(),
+                                       execution_identity(mode, world.size)),
             "paper_run": paper_run_facts(cls, dataset, config),
             "seeding": seeding,
+            "precision": describe_precision(mode, precision, seeding),
+            "distributed": distributed_facts(config, world),
             "environment": environment(dev),
             "launch": launch_facts(),  # local, or the Slurm job, node and GPUs it ran on
             "started_at": started,
@@ -522,7 +539,7 @@ def run_cell(
             trained, selector = train_cell(
                 adapter, plan, config, seed=seed, profile=prof, device=dev, dataset=dataset,
                 checkpoint_dir=cell / CHECKPOINTS, sink=sink, weights=weights_path,
-                random_init=random_init,
+                random_init=random_init, precision=mode,
             )
             encoder, warned = trained.encoder, trained.nondeterministic_ops
             record["faiss_indexes"] = faiss_index.used()  # which index each search ran on
@@ -535,7 +552,7 @@ def run_cell(
                 log(f"{prefix}evaluating")
             scored, scored_note = scored_part(data, plan, tuned_on, dataset)
             metrics, protocol = evaluate_encoder(encoder, scored, profile=prof, device=dev,
-                                                 seed=seed)
+                                                 seed=seed, precision=mode)
             protocol.update(scored_note)
             if selector is not None:
                 record["metrics_last"] = metrics  # the last epoch's model, reported beside
@@ -543,7 +560,7 @@ def run_cell(
                 protocol["model"] = selector.model_description()
                 if not selector.last_is_best():
                     metrics, _ = evaluate_encoder(selector.selected(encoder), scored, profile=prof,
-                                                  device=dev, seed=seed)
+                                                  device=dev, seed=seed, precision=mode)
             if any("pseudo_labels" in row for row in trained.history):
                 protocol["pseudo_label_quality"] = PSEUDO_LABEL_PROTOCOL
             record.update(status=FINISHED, metrics=metrics, protocol=protocol)
@@ -561,6 +578,8 @@ def run_cell(
         record["finished_at"] = now()
         record["wall_time_s"] = time.perf_counter() - t0
         record["tracking"] = {"uri": uri, "status": "pending" if uri else "disabled", "run_id": None}
+        if not world.main:  # rank 0 writes the record; the others trained and evaluated with it
+            return record
         try:
             if uri:  # write-ahead: the marker before the record, so no finished record lacks both
                 write_pending(cell, uri, out)
@@ -571,6 +590,39 @@ def run_cell(
         if uri and log_now:
             log_cell(record, cell, uri, out)
         return record
+
+
+def check_world(cls: type[MethodAdapter], config: Mapping[str, Any],
+                world: distributed.World) -> None:
+    """Refuse a multi-process run the adapter or its batch cannot take, before anything is
+    written."""
+    if not world.active:
+        return
+    if not cls.supports_distributed:
+        supported = sorted(m for m in method_names() if get_method(m).supports_distributed)
+        raise ValueError(f"method {cls.key} does not run under torchrun yet (one process only); "
+                         f"methods that do: {', '.join(supported) or 'none'}")
+    batch = config.get("batch_size")
+    if isinstance(batch, int) and batch % world.size:
+        raise ValueError(f"{cls.key}: batch_size {batch} (the global batch) cannot be split over "
+                         f"{world.size} processes; give a multiple of {world.size}")
+
+
+def distributed_facts(config: Mapping[str, Any], world: distributed.World) -> dict[str, Any]:
+    """The record's `distributed`: how many processes trained, and what the batch means.
+
+    The paper's batch is the global batch: with N processes each takes batch / N of every batch
+    (`distributed.RankSlices`), so the gradient is the global batch's mean as in one process."""
+    facts = world.describe()
+    batch = config.get("batch_size")
+    if isinstance(batch, int):
+        facts["global_batch"] = batch
+        facts["per_process_batch"] = batch // world.size
+    if world.active:
+        facts["differs_from_one_process"] = (
+            "BatchNorm statistics over each process's slice of the batch; gradient sums in "
+            "another order; each process's augmentations from its own seed")
+    return facts
 
 
 def forget_cell(cell: Path) -> None:
@@ -678,6 +730,7 @@ def run_all(
     progress: bool = True,
     jobs: int = 1,
     init: str = "profile",
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every applicable cell; finished cells are skipped (their records returned); a cell that
     raises still yields a failed record and the suite goes on.
@@ -699,9 +752,10 @@ def run_all(
     if jobs > 1 and len(cells) > 1:
         return _run_parallel(cells, profile, Path(out), device=device, tracking_uri=tracking_uri,
                              tracking=tracking, weights=weights, root=root, force=force,
-                             progress=progress, jobs=jobs, init=init)
+                             progress=progress, jobs=jobs, init=init, precision=precision)
     records = []
-    bar = tqdm(cells, desc="cells", unit="cell", file=sys.stderr, disable=not progress)
+    bar = tqdm(cells, desc="cells", unit="cell", file=sys.stderr,
+               disable=not progress or not distributed.world().main)
     for dataset, method, seed in bar:
         bar.set_postfix_str(f"{method} on {dataset} seed {seed}")
         cell = cell_dir(out, dataset, get_method(method).key, profile, seed)
@@ -709,11 +763,12 @@ def run_all(
             record = run_cell(
                 method, dataset, seed, profile, out, device, tracking_uri, None, weights, force,
                 root=root, tracking=tracking, log=lambda line: tqdm.write(line, file=sys.stderr),
-                init=init,
+                init=init, precision=precision,
             )
         except Exception as exc:
             record = failed_setup_record(method, dataset, seed, profile, exc)
-            write_record(record_path(cell), record)
+            if distributed.world().main:
+                write_record(record_path(cell), record)
         records.append({"skipped": False, **record})
     bar.close()
     return records
@@ -734,14 +789,15 @@ def _to_parent(line: str) -> None:
 def _cell_in_worker(
     method: str, dataset: str, seed: int, profile: str, out: str, device: Any,
     weights: str | Path | None, force: bool, root: str | Path | None, uri: str | None,
-    init: str = "profile",
+    init: str = "profile", precision: str | None = None,
 ) -> dict[str, Any]:
     """One cell in a worker process: it writes the pending-tracking marker with its record, and
     the parent logs it to MLflow (one writer to the store). Its log lines go to the parent, which
     prints them above the progress bar, so that several workers never break it."""
     log = _to_parent if _worker_log_lines is not None else _stderr
     return run_cell(method, dataset, seed, profile, out, device, uri, None, weights, force,
-                    root=root, tracking=uri is not None, log=log, log_now=False, init=init)
+                    root=root, tracking=uri is not None, log=log, log_now=False, init=init,
+                    precision=precision)
 
 
 def _print_lines(lines: Any) -> None:
@@ -756,6 +812,7 @@ def _run_parallel(
     cells: list[tuple[str, str, int]], profile: str, out: Path, *, device: Any,
     tracking_uri: str | None, tracking: bool, weights: str | Path | None,
     root: str | Path | None, force: bool, progress: bool, jobs: int, init: str = "profile",
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -774,7 +831,7 @@ def _run_parallel(
         futures = {
             pool.submit(_cell_in_worker, method, dataset, seed, profile, str(out),
                         str(device) if device is not None else None, weights, force, root, uri,
-                        init):
+                        init, precision):
             (dataset, method, seed)
             for dataset, method, seed in cells
         }

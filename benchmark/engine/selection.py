@@ -23,6 +23,7 @@ from torch import nn
 
 from benchmark.data.types import ReidDataset
 from benchmark.metrics import OBJECTIVE
+from benchmark.engine import distributed
 from benchmark.engine.evaluate import evaluate_encoder
 from benchmark.engine.profiles import Profile
 from benchmark.tuning.validation import ValidationSplit
@@ -87,6 +88,8 @@ class BestOnValidation:
         if best == epoch:
             self.best_state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         self.best_epoch = best
+        if not distributed.world().main:  # rank 0 keeps the file; every rank keeps the state
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save({"scores": self.scores, "best_epoch": self.best_epoch,

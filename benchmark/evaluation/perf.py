@@ -467,10 +467,30 @@ def machine() -> dict[str, Any]:
 
 def run_perf(args: argparse.Namespace) -> int:
     """Entry point of `python -m benchmark perf`; exit 1 when an evaluation metric differs > 1e-6
-    or the pseudo labels' ARI against the direct reference falls below 0.999."""
-    scales = list(dict.fromkeys(args.scale or DEFAULT_SCALES))
+    or the pseudo labels' ARI against the direct reference falls below 0.999.
+
+    `--train` times the paper-scale training step instead (`perf_train`), and with `--scale`
+    both."""
+    train = bool(getattr(args, "train", False))
+    for option in ("train_batch", "train_steps", "methods", "device"):
+        if getattr(args, option, None) is not None and not train:
+            raise ValueError(f"--{option.replace('_', '-')} goes with --train")
+        value = getattr(args, option, None)
+        least = {"train_batch": 2, "train_steps": 1}.get(option)  # a BN neck needs 2 images
+        if least is not None and value is not None and value < least:
+            raise ValueError(f"--{option.replace('_', '-')} must be at least {least}")
+    scales = list(dict.fromkeys(args.scale or ([] if train else DEFAULT_SCALES)))
     before = machine()
-    rows = perf_table(scales, int(args.seed))
+    rows = perf_table(scales, int(args.seed)) if scales else []
+    train_rows = []
+    if train:
+        from benchmark.evaluation.perf_train import train_rows as time_training
+
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+        train_rows = time_training(args.device, batch=args.train_batch, steps=args.train_steps,
+                                   methods=methods)
+        if methods and not train_rows:
+            raise ValueError(f"--methods {args.methods}: no re-ID method with a training step")
     after = machine()
     env = {**before, "load_average_1min": [before["load_average_1min"], after["load_average_1min"]]}
     exact = all(
@@ -484,10 +504,16 @@ def run_perf(args: argparse.Namespace) -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     env["gpu"] = gpu
     if args.json:
-        report = {"seed": int(args.seed), "machine": env, "rows": [asdict(r) for r in rows], "exact": exact}
+        report = {"seed": int(args.seed), "machine": env, "rows": [asdict(r) for r in rows],
+                  "exact": exact, "train_rows": [asdict(r) for r in train_rows]}
         print(json.dumps(report))
     else:
-        print(format_table(rows))
+        if rows:
+            print(format_table(rows))
+        if train_rows:
+            from benchmark.evaluation.perf_train import format_train_table
+
+            print(format_train_table(train_rows))
         if gpu is None and "msmt17" in scales:
             print("GPU rows (evaluation from features, pseudo labels on CUDA): no CUDA device "
                   "here, so their targets stay open")

@@ -18,7 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from benchmark.engine.run_identity import config_hash, describe_init, init_identity
+from benchmark.engine.run_identity import (
+    config_hash,
+    describe_init,
+    init_identity,
+    record_execution,
+)
 
 PAPER_PROFILE = "paper"
 POOL_FIELDS = ("config", "init", "commit")  # beside method, dataset and profile
@@ -51,7 +56,8 @@ def record_config_hash(record: Mapping[str, Any]) -> str:
     if record.get("config_hash"):
         return str(record["config_hash"])
     if isinstance(record.get("config"), Mapping):
-        return config_hash(record["config"], record.get("profile_settings") or {})
+        return config_hash(record["config"], record.get("profile_settings") or {},
+                           record_execution(record))
     return "unknown config"
 
 

@@ -215,10 +215,21 @@ def draw_seed(generator: torch.Generator) -> int:
 
 
 @contextmanager
-def forked_torch_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+def forked_torch_rng(
+    seed: int, device: torch.device | str = "cpu", *, per_rank: bool = False
+) -> Iterator[None]:
     """Run the block with torch's global RNG (CPU, and `device` if CUDA) seeded from `seed`, and
     restore the outer state afterwards: what the block draws (weight init, augmentations) then
-    depends on the run's generators only, not on what ran before in the process."""
+    depends on the run's generators only, not on what ran before in the process.
+
+    `per_rank` (a training epoch's block): under torchrun each rank forks its own seed from `seed`
+    (`distributed.rank_seed`; rank 0 and a single process keep `seed`), so ranks augment their
+    slices of a batch with different draws. Leave it off where every rank must draw the same
+    (weight init)."""
+    if per_rank:
+        from benchmark.engine.distributed import rank_seed
+
+        seed = rank_seed(seed)
     device = torch.device(device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []

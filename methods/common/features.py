@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
+
+from benchmark.engine import distributed
 
 if TYPE_CHECKING:
     from benchmark.engine.contract import RunContext
@@ -50,20 +52,32 @@ def extract_features(
     """Embed `images` in order with `model` in eval mode: (N, D) float32 on the CPU.
 
     `normalize` L2-normalises each row. The model's train/eval mode is restored afterwards.
+
+    Under torchrun every rank embeds its own whole batches (`distributed.shard_of_batches`) with
+    rank 0's buffers, and the rows are gathered in order: every rank returns all N rows, the bytes
+    one process would compute. Every rank must call it (it is collective). A model with
+    channels_last weights gets channels_last inputs.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    dataset: Dataset = TransformedImages(images, transform)
+    world = distributed.world()
+    if world.active:
+        distributed.sync_buffers(model)
+        start, stop = distributed.shard_of_batches(len(images), batch_size)
+        dataset = Subset(dataset, range(start, stop))
     loader = DataLoader(
-        TransformedImages(images, transform), batch_size=batch_size, shuffle=False,
+        dataset, batch_size=batch_size, shuffle=False,
         num_workers=num_workers, pin_memory=device.type == "cuda",
     )
+    layout = _input_layout(model)
     was_training = model.training
     model.eval()
     chunks = []
     try:
         for batch in loader:
-            out = model(batch.to(device, non_blocking=True))
+            out = model(batch.to(device, non_blocking=True, memory_format=layout))
             if out.ndim != 2:
                 raise ValueError(
                     f"encoder must return (B, D) features, got shape {tuple(out.shape)}"
@@ -71,11 +85,30 @@ def extract_features(
             chunks.append(out.float().cpu())
     finally:
         model.train(was_training)
-    if not chunks:
+    if world.active:
+        dim = chunks[0].shape[1] if chunks else int(getattr(model, "feature_dim", 0))
+        local = torch.cat(chunks) if chunks else torch.empty(0, dim)
+        widths = distributed.gather_objects(local.shape[1] if chunks else None)
+        width = next((w for w in widths if w is not None), dim)
+        features = distributed.gather_rows(local.reshape(-1, width))
+        if features.shape[0] == 0:
+            return features
+    elif not chunks:
         dim = int(getattr(model, "feature_dim", 0))
         return torch.empty(0, dim)
-    features = torch.cat(chunks)
+    else:
+        features = torch.cat(chunks)
     return F.normalize(features, dim=1) if normalize else features
+
+
+def _input_layout(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's first 4-D weight is (the harness converts conv backbones
+    under bf16), else the default layout."""
+    for param in model.parameters():
+        if param.ndim == 4:
+            return (torch.channels_last if param.is_contiguous(memory_format=torch.channels_last)
+                    and not param.is_contiguous() else torch.contiguous_format)
+    return torch.contiguous_format
 
 
 def training_loader(
@@ -86,18 +119,32 @@ def training_loader(
     of `batch_size` (last partial batch dropped) or the batches of `batch_sampler` (PK sampling).
 
     Its shuffling and the workers' seeds come from a generator seeded by one draw from
-    `ctx.torch_generator`, so an epoch's order is fixed by the run's seed and survives resume."""
+    `ctx.torch_generator`, so an epoch's order is fixed by the run's seed and survives resume.
+
+    Under torchrun the batches are the global ones (every rank draws the same) and each rank
+    loads its slice (`distributed.RankSlices`): `batch_size` stays the paper's global batch. The
+    workers' seeds then differ per rank (`distributed.rank_seed`)."""
     from methods.common.backbones import draw_seed
 
     if (batch_size is None) == (batch_sampler is None):
         raise ValueError("give exactly one of batch_size or batch_sampler")
-    batching: dict = (
-        {"batch_sampler": batch_sampler} if batch_sampler is not None
-        else {"batch_size": batch_size, "shuffle": True, "drop_last": True}
-    )
+    data = TransformedImages(view, transform, with_index=True)
+    seed = draw_seed(ctx.torch_generator)
+    if distributed.world().active:
+        if batch_sampler is None:
+            batch_sampler = BatchSampler(
+                RandomSampler(data, generator=torch.Generator().manual_seed(seed)),
+                batch_size, drop_last=True)
+        batching: dict = {"batch_sampler": distributed.RankSlices(batch_sampler)}
+        seed = distributed.rank_seed(seed)
+    else:
+        batching = (
+            {"batch_sampler": batch_sampler} if batch_sampler is not None
+            else {"batch_size": batch_size, "shuffle": True, "drop_last": True}
+        )
     return DataLoader(
-        TransformedImages(view, transform, with_index=True), **batching,
+        data, **batching,
         num_workers=ctx.profile.num_workers, worker_init_fn=ctx.worker_init_fn,
-        generator=torch.Generator().manual_seed(draw_seed(ctx.torch_generator)),
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
     )

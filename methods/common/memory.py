@@ -6,6 +6,10 @@ slot per image or cluster (V <- (V + v) / 2). Both are the same update rule,
 slot <- normalise(momentum * slot + (1 - momentum) * feature), applied per instance in batch order;
 it is written once, vectorised over slots (a slot hit twice in a batch is updated twice, in order).
 Memories are buffers, so they travel with `state_dict` into checkpoints.
+
+Under torchrun an update first gathers every rank's slice of the global batch, in rank order, so
+every rank's memory takes the update one process takes with the same global batch and the memories
+never drift apart (`benchmark.engine.distributed.gather_rows`; the identity in one process).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmark.engine.distributed import gather_rows
 
 UPDATES = ("instance", "hard")
 
@@ -103,8 +109,8 @@ class ClusterMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        features = F.normalize(features.detach().to(self.centroids), dim=1)
-        labels = labels.to(self.centroids.device).long()
+        features = F.normalize(gather_rows(features.detach().to(self.centroids)), dim=1)
+        labels = gather_rows(labels.detach()).to(self.centroids.device).long()
         if self.update_rule == "hard":
             sims = (features * self.centroids[labels]).sum(1)
             classes = torch.unique(labels)
@@ -133,7 +139,8 @@ class InstanceMemory(nn.Module):
     @torch.no_grad()
     def update(self, features: torch.Tensor, indices: torch.Tensor) -> None:
         momentum_update_(
-            self.features, indices, F.normalize(features.detach().float(), dim=1), self.momentum
+            self.features, gather_rows(indices.detach()),
+            F.normalize(gather_rows(features.detach().float()), dim=1), self.momentum
         )
 
     def cluster_centroids(self, labels: torch.Tensor) -> torch.Tensor:
