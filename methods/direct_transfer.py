@@ -43,6 +43,7 @@ class DirectTransfer(MethodAdapter):
     )
     tasks = ("reid", "clustering")
     uses_camera_ids = False
+    supports_distributed = True  # nothing trains: under torchrun only the extraction is shared
     defaults: ClassVar[dict[str, Any]] = {"pooling": "avg", "last_stride": 2}
 
     def fit(self, view: UnlabeledView, config: Mapping[str, Any], ctx: RunContext) -> nn.Module:

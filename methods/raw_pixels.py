@@ -52,6 +52,7 @@ class RawPixels(MethodAdapter):
     )
     tasks = ("clustering",)
     uses_camera_ids = False
+    supports_distributed = True  # nothing trains: under torchrun only the extraction is shared
     paper_init_default = NO_NETWORK
     defaults: ClassVar[dict[str, Any]] = {}
 

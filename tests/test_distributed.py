@@ -179,6 +179,18 @@ def test_two_processes_match_one_process(method, tmp_path_factory, synthetic_rei
 
 
 @pytest.mark.slow
+def test_sharded_evaluation_is_exact(tmp_path_factory, synthetic_reid_generated):
+    """direct-transfer trains nothing: two processes must give one process's metrics exactly,
+    since each query / gallery batch is embedded as one process embeds it and gathered in order
+    (the gallery's 5 batches of 256 split 2 + 3 over the ranks)."""
+    one = _trained("direct-transfer", 1, tmp_path_factory)
+    two = _trained("direct-transfer", 2, tmp_path_factory)
+    r1, r2 = _record(one, "direct-transfer"), _record(two, "direct-transfer")
+    assert r2["distributed"]["world_size"] == 2
+    assert r1["metrics"] == r2["metrics"]
+
+
+@pytest.mark.slow
 def test_a_killed_rank_resumes_to_the_uninterrupted_numbers(two, tmp_path):
     killed = _run(tmp_path, "--gpus", "2", "--device", "cpu",
                   env={"BENCHMARK_FAILPOINT": "epoch:2", "BENCHMARK_FAILPOINT_RANK": "1"})
@@ -212,7 +224,7 @@ def test_a_method_without_ddp_support_is_refused_under_torchrun(monkeypatch, tmp
     monkeypatch.setattr(distributed, "world", lambda: World(0, 2, 0, "gloo"))
     with pytest.raises(ValueError, match="method gcl-scl does not run under torchrun yet") as err:
         runner.run_cell("gcl-scl", "synthetic-reid", 0, "ci", tmp_path, "cpu", tracking=False)
-    assert "methods that do: buc, cluster-contrast" in str(err.value)
+    assert "methods that do: buc, cluster-contrast, direct-transfer, raw-pixels" in str(err.value)
     assert not (tmp_path / "synthetic-reid").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="batch_size 32 .* cannot be split over 3 processes"):
         monkeypatch.setattr(distributed, "world", lambda: World(0, 3, 0, "gloo"))

@@ -540,9 +540,7 @@ class RunContext:
         world = distributed.world()
         if not world.active:
             return self._load_latest()
-        chosen = distributed.on_main(
-            lambda: (lambda found: None if found is None else int(found["epoch"]))(
-                self._load_latest(restore=False)))
+        chosen = distributed.on_main(self._latest_intact_epoch)
         if chosen is None:
             return None
         state = torch.load(self._checkpoint_path(chosen), map_location="cpu", weights_only=True)
@@ -555,6 +553,10 @@ class RunContext:
         _restore_rng(self, ranks[world.rank])
         self.sink.load_state(state.get("sink", {}))
         return state
+
+    def _latest_intact_epoch(self) -> int | None:
+        found = self._load_latest(restore=False)
+        return None if found is None else int(found["epoch"])
 
     def _load_latest(self, restore: bool = True) -> dict[str, Any] | None:
         paths = sorted(self.checkpoint_dir.glob("epoch-*.pt")) if self.checkpoint_dir.is_dir() else []
