@@ -823,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=list(PRECISIONS), default="auto",
                    help="fp32, or bf16 (autocast for training and feature extraction, "
                    "channels_last); auto: bf16 for the paper profile on CUDA, else fp32")
-    p.add_argument("--gpus", type=int,
+    p.add_argument("--gpus", type=int, metavar="N",
                    help="train with N processes through torchrun (DDP), one GPU each; with "
                    "--device cpu, N CPU processes (gloo). `torchrun --nproc-per-node N -m "
                    "benchmark run ...` does the same")
