@@ -288,9 +288,8 @@ class BUC(EpochMethod):
         c = self.config
         features, embedded = self._features()
         before = int(self.labels.max()) + 1
-        labels = self.labels
         self.labels = on_main(lambda: linkage_merge_step(
-            features.numpy(), labels, str(c["linkage"]), str(c["merge_metric"]),
+            features.numpy(), self.labels, str(c["linkage"]), str(c["merge_metric"]),
             float(c["merge_fraction"]), float(c["size_penalty"]),
         ))
         after = int(self.labels.max()) + 1

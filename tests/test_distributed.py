@@ -89,11 +89,13 @@ def _collectives(rank: int, size: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
     rows = torch.full((rank + 1, 3), float(rank))  # ranks hold different numbers of rows
     gathered = distributed.gather_rows(rows)
+    # a rank with no rows (e.g. no extraction batch of its own) need not know their width
+    one_sided = distributed.gather_rows(torch.ones(2, 3) if rank == 0 else torch.empty(0, 0))
     decided = distributed.on_main(lambda: np.arange(5) * 10 if rank == 0 else None)
     buffers = torch.nn.BatchNorm1d(2)
     buffers.running_mean.fill_(float(rank + 1))
     distributed.sync_buffers(buffers)
-    torch.save({"gathered": gathered, "decided": torch.from_numpy(decided),
+    torch.save({"gathered": gathered, "one_sided": one_sided, "decided": torch.from_numpy(decided),
                 "running_mean": buffers.running_mean.clone()}, f"{out}.{rank}")
     dist.destroy_process_group()
 
@@ -104,6 +106,7 @@ def test_gather_broadcast_and_buffer_sync_across_two_processes(tmp_path):
     for rank in range(2):
         got = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True)
         assert torch.equal(got["gathered"], expected)
+        assert torch.equal(got["one_sided"], torch.ones(2, 3))
         assert got["decided"].tolist() == [0, 10, 20, 30, 40]
         assert torch.equal(got["running_mean"], torch.ones(2))  # rank 0's statistics everywhere
 
@@ -171,6 +174,9 @@ def test_two_processes_match_one_process(method, tmp_path_factory, synthetic_rei
     assert r1["distributed"]["world_size"] == 1
     # the same recipe, but not the same run: the hashes keep them apart when seeds are pooled
     assert r1["config"] == r2["config"] and r1["config_hash"] != r2["config_hash"]
+    assert [d for d in r2["deviations"] if d not in r1["deviations"]] == [
+        d for d in r2["deviations"] if "Trained with 2 processes (DDP)" in d]
+    assert len(r2["deviations"]) == len(r1["deviations"]) + 1
     np.testing.assert_array_equal(_epoch0_labels(one, method), _epoch0_labels(two, method))
     for name in ("mAP", "R1"):
         assert abs(r1["metrics"][name] - r2["metrics"][name]) <= MULTI_PROCESS_TOLERANCE, name

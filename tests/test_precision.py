@@ -129,6 +129,7 @@ def test_a_bf16_ci_cell_records_its_precision_and_stays_near_fp32(tmp_path, synt
     record = json.loads(done.stdout)
     assert record["precision"]["mode"] == "bf16" and record["precision"]["channels_last"]
     assert record["precision"]["tf32_matmul"] is False  # a deterministic run keeps TF32 off
+    assert any(d.startswith("Trained under bf16 autocast") for d in record["deviations"])
     fp32, tolerance = _reference("cluster-contrast", "synthetic-reid", "mAP")
     # bf16 keeps 8 mantissa bits: the same recipe, within the ci reference's own tolerance
     assert abs(record["metrics"]["mAP"] - fp32) <= tolerance

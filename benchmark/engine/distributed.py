@@ -131,19 +131,22 @@ def gather_objects(obj: Any) -> list[Any]:
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's rows, concatenated in rank order (ranks may hold different numbers of rows);
-    returned on `tensor`'s device. Outside a group: `tensor` itself."""
+    """Every rank's rows, concatenated in rank order (ranks may hold different numbers of rows,
+    and a rank with none may give any trailing shape: it takes the others'); returned on
+    `tensor`'s device. Outside a group: `tensor` itself."""
     w = world()
     if not w.active:
         return tensor
     comm = _comm_device()
     local = tensor.detach().to(comm).contiguous()
-    sizes = torch.tensor([local.shape[0]], device=comm)
-    all_sizes = [torch.zeros_like(sizes) for _ in range(w.size)]
-    dist.all_gather(all_sizes, sizes)
-    counts = [int(s.item()) for s in all_sizes]
+    shape = torch.tensor(local.shape, device=comm)
+    shapes = [torch.zeros_like(shape) for _ in range(w.size)]
+    dist.all_gather(shapes, shape)
+    counts = [int(s[0]) for s in shapes]
+    trailing = [int(d) for d in shapes[counts.index(max(counts))][1:]]
+    local = local.reshape(local.shape[0], *trailing)
     longest = max(counts)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=comm)
+    padded = torch.zeros((longest, *trailing), dtype=local.dtype, device=comm)
     padded[:local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(w.size)]
     dist.all_gather(parts, padded)

@@ -498,7 +498,7 @@ def run_cell(
             "tasks": list(cls.tasks),
             "uses_camera_ids": cls.uses_camera_ids,
             "uses_labels": cls.uses_labels,
-            "deviations": cls.deviations(),
+            "deviations": cls.deviations() + execution_deviations(mode, world),
             "params": params,
             "tuned_on": tuned_on,  # the sweep whose validation hold-out chose `params`, if any
             "config": config,
@@ -623,6 +623,21 @@ def distributed_facts(config: Mapping[str, Any], world: distributed.World) -> di
             "BatchNorm statistics over each process's slice of the batch; gradient sums in "
             "another order; each process's augmentations from its own seed")
     return facts
+
+
+def execution_deviations(precision: str, world: distributed.World) -> list[str]:
+    """How the run's execution departs from a float32, one-process training, for the record's
+    deviations (the leaderboard lists them beside the row)."""
+    found = []
+    if precision == "bf16":
+        found.append("Trained under bf16 autocast with channels_last convolutions (the harness's "
+                     "default for the paper profile on CUDA; --precision fp32 turns it off), not "
+                     "in float32; metrics are computed in float32.")
+    if world.active:
+        found.append(f"Trained with {world.size} processes (DDP): the paper's batch is the global "
+                     f"batch, each process takes batch / {world.size}, so BatchNorm statistics "
+                     "come from each process's slice.")
+    return found
 
 
 def forget_cell(cell: Path) -> None:

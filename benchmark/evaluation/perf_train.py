@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmark.evaluation.perf import _in_fresh_process
 from benchmark.evaluation.perf_memory import GIB, peak_gib, reset_peak
 
 PAPER_GPUS = 4
@@ -122,12 +123,6 @@ def time_step(last_stride: int, pooling: str, batch: int, device: str, precision
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return batch * steps / seconds, _peak(device, base)
-
-
-def _in_fresh_process(fn: Any, **kwargs: Any) -> Any:
-    from benchmark.evaluation.perf import _in_fresh_process as fresh
-
-    return fresh(fn, **kwargs)
 
 
 def train_rows(device: str | None = None, *, batch: int | None = None, steps: int | None = None,

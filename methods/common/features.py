@@ -85,19 +85,8 @@ def extract_features(
             chunks.append(out.float().cpu())
     finally:
         model.train(was_training)
-    if world.active:
-        dim = chunks[0].shape[1] if chunks else int(getattr(model, "feature_dim", 0))
-        local = torch.cat(chunks) if chunks else torch.empty(0, dim)
-        widths = distributed.gather_objects(local.shape[1] if chunks else None)
-        width = next((w for w in widths if w is not None), dim)
-        features = distributed.gather_rows(local.reshape(-1, width))
-        if features.shape[0] == 0:
-            return features
-    elif not chunks:
-        dim = int(getattr(model, "feature_dim", 0))
-        return torch.empty(0, dim)
-    else:
-        features = torch.cat(chunks)
+    local = torch.cat(chunks) if chunks else torch.empty(0, int(getattr(model, "feature_dim", 0)))
+    features = distributed.gather_rows(local)  # every rank's rows, in order; one process: local
     return F.normalize(features, dim=1) if normalize else features
 
 
